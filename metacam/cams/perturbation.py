@@ -1,0 +1,167 @@
+"""The perturbation members: ScoreCAM and AblationCAM, batched, with a memory bound.
+
+Both weight the target layer's channels by how the target logit responds when
+the input is masked by a channel (ScoreCAM) or when a channel is removed
+(AblationCAM). Channels that are constant over the map ("dead" after ReLU) are
+handled once instead of once each: their contribution to the map is exactly zero.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metacam.cams.gradient import _weighted_sum
+
+ABLATION_OFFSET = 1e7  # grad-cam's ablation value below the minimum for signed layers
+
+
+@torch.no_grad()
+def _target_scores(net: nn.Module, inputs: Tensor, target: int) -> Tensor:
+    """Target logit of each input. inputs: (N, C, H, W) -> (N,)."""
+    return net(inputs)[:, target]
+
+
+@torch.no_grad()
+def scorecam(
+    net: nn.Module,
+    x: Tensor,
+    activations: Tensor,
+    targets: Tensor,
+    *,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Score-CAM (Wang et al., CVPR-W 2020, arXiv:1910.01279), as grad-cam computes it.
+
+    Each channel, upsampled (bilinear, align_corners=True) and min-max normalised
+    with max - min + 1e-8 (finite on constant channels), masks the input; the
+    softmax over channels of the masked inputs' target logits weights the channels.
+
+    x: (B, C, H, W); activations: (B, K, h, w); targets: (B,) -> raw map (B, h, w).
+    batch_size bounds the masked images per forward pass (memory ~ batch_size x one forward).
+    """
+    batch, channels = activations.shape[:2]
+    size = x.shape[-2:]
+    scores = torch.empty(batch, channels, device=x.device, dtype=x.dtype)
+    zero_score: dict[int, Tensor] = {}
+    for b in range(batch):
+        target = int(targets[b])
+        acts = activations[b]
+        constant = acts.flatten(1).amax(1) == acts.flatten(1).amin(1)
+        if bool(constant.any()):
+            # A constant channel normalises to 0 and masks the input to all zeros.
+            if target not in zero_score:
+                zero_score[target] = _target_scores(net, torch.zeros_like(x[:1]), target)[0]
+            scores[b, constant] = zero_score[target]
+        live = torch.nonzero(~constant).flatten()
+        for start in range(0, live.numel(), batch_size):
+            idx = live[start : start + batch_size]
+            up = F.interpolate(acts[idx][None], size=size, mode="bilinear", align_corners=True)[0]
+            low = up.flatten(1).amin(1)[:, None, None]
+            high = up.flatten(1).amax(1)[:, None, None]
+            masks = (up - low) / (high - low + 1e-8)
+            scores[b, idx] = _target_scores(net, x[b][None] * masks[:, None], target)
+            if progress is not None:
+                progress(idx.numel())
+        if progress is not None:
+            progress(int(constant.sum()))
+    return _weighted_sum(torch.softmax(scores, dim=1), activations)
+
+
+class _ReplaceOutput:
+    """A forward hook that swaps the target layer's output for a given batch."""
+
+    def __init__(self) -> None:
+        self.replacement: Tensor | None = None
+
+    def __call__(self, _module: nn.Module, _inputs: tuple, _output: Tensor) -> Tensor:
+        assert self.replacement is not None
+        return self.replacement
+
+
+def _ablation_value(acts: Tensor) -> float:
+    """0 for post-activation (non-negative) maps; grad-cam's min - 1e7 for signed ones."""
+    low = float(acts.min())
+    return 0.0 if low >= 0 else low - ABLATION_OFFSET
+
+
+@torch.no_grad()
+def ablationcam(
+    net: nn.Module,
+    x: Tensor,
+    target_layer: nn.Module,
+    activations: Tensor,
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020): w_k = (s - s_k) / s, where s_k is
+    the target logit with channel k set to the ablation value.
+
+    Only the part of the network after the target layer does real work: the
+    input goes through once per chunk (batch of 1) and a hook replaces the target
+    layer's output by the chunk of ablated copies, which broadcast against any
+    skip tensors from before the layer. Models where that broadcast fails fall
+    back to full passes over repeated inputs (grad-cam's strategy).
+
+    x: (B, C, H, W); activations: (B, K, h, w); logits: (B, classes); targets: (B,)
+    -> raw map (B, h, w).
+    """
+    batch, channels = activations.shape[:2]
+    weights = torch.zeros(batch, channels, device=x.device, dtype=activations.dtype)
+    swap = _ReplaceOutput()
+    tail = _Tail(net)
+    handle = target_layer.register_forward_hook(swap)
+    try:
+        for b in range(batch):
+            target = int(targets[b])
+            acts = activations[b]
+            value = _ablation_value(acts)
+            original = logits[b, target]
+            # A channel already equal to the ablation value everywhere is unchanged
+            # by ablation: its weight is 0 (and its activation is 0 when value is 0).
+            unchanged = (acts == value).flatten(1).all(1)
+            live = torch.nonzero(~unchanged).flatten()
+            for start in range(0, live.numel(), batch_size):
+                idx = live[start : start + batch_size]
+                ablated = acts.expand(idx.numel(), -1, -1, -1).clone()
+                ablated[torch.arange(idx.numel()), idx] = value
+                swap.replacement = ablated
+                scores = tail.scores(x[b][None], idx.numel(), target)
+                weights[b, idx] = (original - scores) / original
+                if progress is not None:
+                    progress(idx.numel())
+            if progress is not None:
+                progress(int(unchanged.sum()))
+    finally:
+        handle.remove()
+    return _weighted_sum(weights, activations)
+
+
+class _Tail:
+    """Runs the network after the target layer for a batch of replaced outputs.
+
+    First tries the cheap route (a batch-1 input, the hook widens the batch at the
+    target layer); if the model cannot broadcast that, remembers it and runs full
+    passes over the repeated input from then on.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+        self.full_passes = False
+
+    def scores(self, image: Tensor, count: int, target: int) -> Tensor:
+        """Target logits for ``count`` replaced outputs. image: (1, C, H, W) -> (count,)."""
+        if not self.full_passes:
+            try:
+                out = self.net(image)
+                if out.shape[0] == count:
+                    return out[:, target]
+            except RuntimeError:
+                pass  # a layer after the target mixes the batch-1 prefix with the batch
+            self.full_passes = True
+        return self.net(image.expand(count, -1, -1, -1))[:, target]
