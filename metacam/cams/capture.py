@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from metacam.errors import MetaCAMError
+
 
 @dataclass
 class SharedPass:
@@ -55,9 +57,11 @@ def resolve_targets(logits: Tensor, targets: Tensor | list[int] | int | None) ->
     if chosen.numel() == 1 and batch > 1:
         chosen = chosen.expand(batch)
     if chosen.numel() != batch:
-        raise ValueError(f"got {chosen.numel()} targets for {batch} images; give one per image")
+        raise MetaCAMError(f"got {chosen.numel()} targets for {batch} images; give one per image")
     if bool(((chosen < 0) | (chosen >= num_classes)).any()):
-        raise ValueError(f"target classes must lie in 0..{num_classes - 1}, got {chosen.tolist()}")
+        raise MetaCAMError(
+            f"target classes must lie in 0..{num_classes - 1}, got {chosen.tolist()}"
+        )
     return chosen
 
 

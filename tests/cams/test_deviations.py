@@ -1,0 +1,114 @@
+"""Where we deliberately differ from grad-cam, and why: each difference is pinned here."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from timm.layers.norm_act import BatchNormAct2d
+from torch import nn
+
+from metacam.cams import member_cams
+from metacam.cams.gradient import principal_projection
+from tests.cams.conftest import randomise_batchnorm
+from tests.cams.oracle import ORACLE_CLASSES, max_abs_diff, oracle_map
+
+
+def test_eigen_sign_correlates_with_channel_sum(tiny_resnet, resnet_input):
+    """grad-cam's SVD sign is arbitrary; ours correlates positively with the channel sum."""
+    maps = torch.rand(4, 16, 5, 5, generator=torch.Generator().manual_seed(0))
+    for flip in (1.0, -1.0):  # the sign of the data must not matter to the orientation
+        projection = principal_projection(maps * flip)
+        channel_sum = (maps * flip).sum(1)
+        centred = channel_sum - channel_sum.mean(dim=(1, 2), keepdim=True)
+        assert ((projection * centred).sum(dim=(1, 2)) > 0).all()
+
+
+def test_eigen_without_sign_patch_differs_only_by_sign(tiny_resnet, resnet_input, monkeypatch):
+    """grad-cam unpatched equals either our map or the map of the opposite sign."""
+    layer = tiny_resnet.layer4[-1]
+    targets = tiny_resnet(resnet_input).argmax(1)
+    ours = member_cams(tiny_resnet, resnet_input, layer, methods=["eigengradcam"])["eigengradcam"]
+    with ORACLE_CLASSES["eigengradcam"](tiny_resnet, [layer]) as cam:
+        raw = cam(resnet_input, None)
+    patched = oracle_map("eigengradcam", tiny_resnet, layer, resnet_input, targets, monkeypatch)
+    for i in range(len(raw)):
+        same = np.abs(raw[i] - patched[i]).max() <= 1e-4
+        assert same or np.abs(raw[i] - patched[i]).max() > 0.1  # grad-cam flipped: a different map
+    assert max_abs_diff(ours, patched) <= 1e-4
+
+
+def _unfuse_bn_act(net: nn.Module) -> nn.Module:
+    """Replace every timm BatchNormAct2d by Sequential(BatchNorm2d, drop, act): the same
+    function, but with plain BatchNorm2d types that grad-cam's FullGrad does see."""
+    for name, child in net.named_children():
+        if isinstance(child, BatchNormAct2d):
+            bn = nn.BatchNorm2d(child.num_features, eps=child.eps)
+            bn.load_state_dict(child.state_dict())
+            setattr(net, name, nn.Sequential(bn, child.drop, child.act))
+        else:
+            _unfuse_bn_act(child)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def timm_net():
+    """A small timm EfficientNet-Lite (random seeded weights, randomised BN statistics)."""
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10)
+    return randomise_batchnorm(net, seed=3).eval()
+
+
+def test_fullgrad_on_timm_includes_batchnormact(timm_net):
+    """grad-cam's FullGrad tests type(layer) == BatchNorm2d, so on timm it keeps only the
+    input-gradient term. Ours includes BatchNormAct2d biases, with the gradient taken
+    before the fused ReLU6: it equals grad-cam on the unfused (but identical) network."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    unfused = _unfuse_bn_act(copy.deepcopy(timm_net))
+    assert torch.allclose(unfused(x), timm_net(x), atol=1e-5)
+    targets = timm_net(x).argmax(1)
+
+    ours = member_cams(timm_net, x, timm_net.bn2, methods=["fullgrad"])["fullgrad"]
+    compat = member_cams(
+        timm_net, x, timm_net.bn2, methods=["fullgrad"], fullgrad_bn_subclasses=False
+    )["fullgrad"]
+    grad_cam_fused = oracle_map("fullgrad", timm_net, None, x, targets)
+    grad_cam_unfused = oracle_map("fullgrad", unfused, None, x, targets)
+
+    assert max_abs_diff(compat, grad_cam_fused) <= 1e-4  # compatibility mode reproduces the flaw
+    assert max_abs_diff(ours, grad_cam_unfused) <= 1e-4  # our default is FullGrad proper
+    assert max_abs_diff(ours, grad_cam_fused) > 0.1  # and the flaw is not negligible
+
+
+def test_fullgrad_plain_batchnorm_unaffected_by_subclass_rule(tiny_resnet, resnet_input):
+    """On torchvision (plain BatchNorm2d) both selections are the same layers."""
+    layer = tiny_resnet.layer4[-1]
+    ours = member_cams(tiny_resnet, resnet_input, layer, methods=["fullgrad"])["fullgrad"]
+    compat = member_cams(
+        tiny_resnet, resnet_input, layer, methods=["fullgrad"], fullgrad_bn_subclasses=False
+    )["fullgrad"]
+    assert torch.equal(ours, compat)
+
+
+def test_randomcam_is_grad_cams_formula_with_seeded_weights(tiny_resnet, resnet_input, monkeypatch):
+    """RandomCAM draws U(-1, 1) channel weights from a seeded torch generator; given the same
+    weights, grad-cam's RandomCAM gives the same map."""
+    layer = tiny_resnet.layer4[-1]
+    ours = member_cams(tiny_resnet, resnet_input, layer, methods=["randomcam"], seed=7)["randomcam"]
+    again = member_cams(tiny_resnet, resnet_input, layer, methods=["randomcam"], seed=7)[
+        "randomcam"
+    ]
+    other = member_cams(tiny_resnet, resnet_input, layer, methods=["randomcam"], seed=8)[
+        "randomcam"
+    ]
+    assert torch.equal(ours, again)
+    assert max_abs_diff(ours, other.numpy()) > 0.05
+
+    weights = torch.rand(2, 512, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    weights = (weights * 2 - 1).numpy()
+    monkeypatch.setattr("pytorch_grad_cam.random_cam.np.random.uniform", lambda *a, **k: weights)
+    targets = tiny_resnet(resnet_input).argmax(1)
+    reference = oracle_map("randomcam", tiny_resnet, layer, resnet_input, targets)
+    assert max_abs_diff(ours, reference) <= 1e-4
