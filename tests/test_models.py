@@ -1,0 +1,387 @@
+"""Tests of metacam.models (and metacam.device): built-in and custom models, layers, preprocessing."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+from metacam.device import resolve_device
+from metacam.errors import MetaCAMError
+from metacam.images import load_image
+from metacam.models import (
+    ModelBundle,
+    _lite0_key,
+    _lite0_weights_path,
+    available_models,
+    cached_weights_path,
+    list_layers,
+    load_model,
+)
+
+# --- efficientnet_lite0 with its real weights --------------------------------
+
+
+def test_lite0_key_mapping_is_explicit_and_complete() -> None:
+    assert _lite0_key("_blocks.0._depthwise_conv.weight") == "blocks.0.0.conv_dw.weight"
+    assert _lite0_key("_blocks.0._project_conv.weight") == "blocks.0.0.conv_pw.weight"
+    assert _lite0_key("_blocks.3._bn0.running_mean") == "blocks.2.0.bn1.running_mean"
+    assert _lite0_key("_blocks.4._project_conv.weight") == "blocks.2.1.conv_pwl.weight"
+    assert _lite0_key("_blocks.15._bn2.bias") == "blocks.6.0.bn3.bias"
+    assert _lite0_key("_bn0.weight") == "bn1.weight"
+    assert _lite0_key("_bn1.weight") == "bn2.weight"
+    assert _lite0_key("_fc.bias") == "classifier.bias"
+    shipped = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
+    mapped = {_lite0_key(k) for k in shipped}
+    assert len(mapped) == len(shipped) == 296  # one-to-one
+
+
+def test_lite0_classifies_the_sample_photographs(lite0: ModelBundle) -> None:
+    x = lite0.preprocess([load_image("sample:coffee"), load_image("sample:chelsea")])
+    with torch.no_grad():
+        probs = lite0.net(x).softmax(dim=1)
+    top_p, top = probs.max(dim=1)
+    assert top[0].item() == 967 and lite0.categories[967] == "espresso"
+    assert top_p[0].item() > 0.8
+    assert 281 <= top[1].item() <= 285  # a domestic cat class (Egyptian cat, p≈0.77)
+    assert lite0.input_size == (224, 224)
+    assert lite0.mean == lite0.std == (0.5, 0.5, 0.5)
+    assert not lite0.net.training
+
+
+def test_lite0_target_layer_is_bn2_with_relu6_range(lite0: ModelBundle) -> None:
+    assert lite0.target_layer is lite0.net.bn2 and lite0.target_layer_name == "bn2"
+    captured = []
+    handle = lite0.target_layer.register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        with torch.no_grad():
+            lite0.net(lite0.preprocess(load_image("sample:coffee")))
+    finally:
+        handle.remove()
+    (maps,) = captured
+    assert maps.shape == (1, 1280, 7, 7)
+    assert maps.min().item() >= 0 and maps.max().item() <= 6
+    assert maps.max().item() > 1  # not a dead layer
+
+
+# --- torchvision models ---------------------------------------------------------
+
+
+def test_random_torchvision_weights_are_seeded(resnet18_random: ModelBundle) -> None:
+    rng_before = torch.get_rng_state()
+    same = load_model("resnet18", "cpu", pretrained=False, seed=0).net.state_dict()
+    other = load_model("resnet18", "cpu", pretrained=False, seed=1).net.state_dict()
+    assert torch.equal(torch.get_rng_state(), rng_before)  # global RNG untouched
+    weight = "layer1.0.conv1.weight"
+    assert torch.equal(resnet18_random.net.state_dict()[weight], same[weight])
+    assert not torch.equal(same[weight], other[weight])
+    assert resnet18_random.categories[0] == "tench" and len(resnet18_random.categories) == 1000
+    assert resnet18_random.mean == (0.485, 0.456, 0.406)
+    assert all(p.requires_grad for p in resnet18_random.net.parameters())  # left as built
+
+
+def test_resnet_target_layers(resnet18_random: ModelBundle) -> None:
+    net = resnet18_random.net
+    assert resnet18_random.target_layer_name == "layer4.1"
+    assert resnet18_random.target_layer is net.layer4[1]
+    chosen = load_model("resnet18", pretrained=False, layer="layer4.0")
+    assert chosen.target_layer_name == "layer4.0"
+    assert chosen.target_layer is chosen.net.layer4[0]
+    for spelling in ("layer4[-1]", "layer4.-1"):
+        assert load_model("resnet18", pretrained=False, layer=spelling).target_layer_name == (
+            "layer4.1"
+        )
+
+
+def test_wrong_layer_names_the_nearest() -> None:
+    with pytest.raises(MetaCAMError) as error:
+        load_model("resnet18", pretrained=False, layer="layer4.9")
+    assert str(error.value) == (
+        "layer 'layer4.9' not found in resnet18; nearest: layer4.1, layer4.0, layer4 "
+        "(see `metacam models layers resnet18`)"
+    )
+
+
+def test_missing_cached_weights_is_one_line_and_downloads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_model tried to download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(MetaCAMError) as error:
+        load_model("resnet50")
+    message = str(error.value)
+    expected = tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    assert cached_weights_path("resnet50") == expected
+    assert "\n" not in message
+    assert "run `metacam models fetch resnet50`" in message
+    assert f"then copy {expected} here" in message
+    assert list(tmp_path.rglob("*.pth")) == []
+
+
+def test_unknown_and_unsupported_names() -> None:
+    with pytest.raises(MetaCAMError, match=r"unknown model 'resnet5'; did you mean resnet50"):
+        load_model("resnet5")
+    with pytest.raises(MetaCAMError, match="package.module:factory"):
+        load_model("no_such_net")
+    with pytest.raises(MetaCAMError, match="vision transformer"):
+        load_model("vit_b_16")
+    names = available_models()
+    assert names[0] == "efficientnet_lite0"
+    assert {"resnet50", "vgg16", "densenet121", "convnext_tiny"} <= set(names)
+    assert "vit_b_16" not in names
+
+
+def test_list_layers(resnet18_random: ModelBundle) -> None:
+    names = list_layers(resnet18_random.net)
+    assert "" not in names
+    assert names[0] == "conv1" and "layer4.1" in names and names[-1] == "fc"
+
+
+def test_densenet_gets_a_final_relu_that_changes_nothing() -> None:
+    bundle = load_model("densenet121", "cpu", pretrained=False, seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        plain = torchvision.models.densenet121(weights=None).eval()
+    assert bundle.target_layer_name == "features.relu5"
+    assert bundle.target_layer is bundle.net.features.relu5
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    captured, grads = [], []
+
+    def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        captured.append(output.detach().clone())
+        output.register_hook(grads.append)
+
+    handle = bundle.target_layer.register_forward_hook(hook)
+    try:
+        x_ours = x.clone().requires_grad_()
+        logits = bundle.net(x_ours)
+        logits[:, 3].sum().backward()  # must not fail on DenseNet's in-place ReLU
+    finally:
+        handle.remove()
+    x_plain = x.clone().requires_grad_()
+    plain_logits = plain(x_plain)
+    plain_logits[:, 3].sum().backward()
+
+    assert torch.equal(logits, plain_logits)
+    assert torch.equal(x_ours.grad, x_plain.grad)
+    assert captured[0].min().item() >= 0 and (captured[0] == 0).any()
+    assert grads[0].shape == captured[0].shape == (1, 1024, 2, 2)
+
+
+def test_other_families_default_layers() -> None:
+    for name, expected in [
+        ("mobilenet_v3_small", "features.12"),
+        ("efficientnet_b0", "features.8"),
+        ("shufflenet_v2_x0_5", "conv5"),  # no table entry: the hooked forward finds it
+    ]:
+        assert load_model(name, pretrained=False).target_layer_name == expected
+
+
+# --- a user's own model --------------------------------------------------------
+
+_TINY_NET = """
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes)
+        )
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def build(num_classes=3):
+    return TinyNet(num_classes)
+"""
+
+
+@pytest.fixture
+def tiny_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A factory module ``metacam_test_tinynet`` importable from ``tmp_path``."""
+    name = "metacam_test_tinynet"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(_TINY_NET))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def _trained_tiny(module_name: str, num_classes: int = 3) -> nn.Module:
+    module = __import__(module_name)
+    torch.manual_seed(123)
+    return module.build(num_classes).eval()
+
+
+def test_custom_factory_checkpoint_round_trip(tiny_module: str, tmp_path: Path) -> None:
+    original = _trained_tiny(tiny_module)
+    plain, wrapped = tmp_path / "plain.pt", tmp_path / "wrapped.ckpt"
+    torch.save(original.state_dict(), plain)
+    torch.save({"epoch": 7, "state_dict": original.state_dict()}, wrapped)
+    names = tmp_path / "classes.txt"
+    names.write_text("benign\nmalignant\nnormal\n\n")
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+
+    for checkpoint in (plain, wrapped):
+        bundle = load_model(
+            f"{tiny_module}:build", "cpu", checkpoint=checkpoint, categories=names, num_classes=3
+        )
+        with torch.no_grad():
+            assert torch.equal(bundle.net(x), original(x))
+        assert bundle.categories == ["benign", "malignant", "normal"]
+        assert bundle.target_layer_name == "features"  # inferred: last 4-D map
+        assert bundle.target_layer is bundle.net.features
+        assert bundle.mean == (0.485, 0.456, 0.406) and bundle.input_size == (224, 224)
+
+
+def test_custom_model_defaults_and_overrides(tiny_module: str, tmp_path: Path) -> None:
+    bundle = load_model(
+        f"{tiny_module}:build", layer="features.2", input_size=(96, 64), mean=[0.5] * 3
+    )
+    assert bundle.categories == ["class 0", "class 1", "class 2"]  # counted by a forward
+    assert bundle.target_layer_name == "features.2"
+    assert bundle.input_size == (96, 64) and bundle.mean == (0.5, 0.5, 0.5)
+    assert bundle.preprocess(Image.new("RGB", (30, 20))).shape == (1, 3, 96, 64)
+    source = tmp_path / tiny_module
+    by_file = load_model(f"{source}.py:build", num_classes=5)
+    assert len(by_file.categories) == 5
+
+
+def test_bad_checkpoints_give_one_line_errors(tiny_module: str, tmp_path: Path) -> None:
+    state = _trained_tiny(tiny_module).state_dict()
+    renamed = {k.replace("features.", "body."): v for k, v in state.items()}
+    torch.save(renamed, tmp_path / "renamed.pt")
+    with pytest.raises(MetaCAMError) as error:
+        load_model(f"{tiny_module}:build", checkpoint=tmp_path / "renamed.pt")
+    message = str(error.value)
+    assert "\n" not in message
+    assert "does not fit" in message
+    assert "missing keys features.0.weight, features.0.bias, features.2.weight (+1 more)" in message
+    assert "unexpected keys body.0.weight" in message
+
+    torch.save(state, tmp_path / "three.pt")
+    with pytest.raises(
+        MetaCAMError, match=r"shape mismatch .*head.2.weight \(3, 16\) vs \(5, 16\)"
+    ):
+        load_model(f"{tiny_module}:build", checkpoint=tmp_path / "three.pt", num_classes=5)
+
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(MetaCAMError, match="cannot read it as tensors"):
+        load_model(f"{tiny_module}:build", checkpoint=tmp_path / "junk.pt")
+
+    names = tmp_path / "two.txt"
+    names.write_text("a\nb\n")
+    with pytest.raises(MetaCAMError, match="2 names for .* which has 3 outputs"):
+        load_model(f"{tiny_module}:build", categories=names)
+
+
+def test_custom_model_import_errors(tiny_module: str) -> None:
+    with pytest.raises(MetaCAMError, match="cannot import no_such_module_xyz"):
+        load_model("no_such_module_xyz:build")
+    with pytest.raises(MetaCAMError, match="has no attribute 'nope'"):
+        load_model(f"{tiny_module}:nope")
+    with pytest.raises(MetaCAMError, match="factory raised TypeError"):
+        load_model(f"{tiny_module}:build", num_classes="three")  # type: ignore[arg-type]
+
+
+def test_torchvision_checkpoint_with_num_classes(tmp_path: Path) -> None:
+    # A "fine-tuned" ResNet-18 with 2 classes: built randomly, then the checkpoint.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        tuned = torchvision.models.resnet18(num_classes=2).eval()
+    torch.save({"model": tuned.state_dict()}, tmp_path / "tuned.pt")
+    bundle = load_model("resnet18", "cpu", checkpoint=tmp_path / "tuned.pt", num_classes=2)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(bundle.net(x), tuned(x))
+    assert bundle.categories == ["class 0", "class 1"]
+    with pytest.raises(MetaCAMError, match="needs a checkpoint"):
+        load_model("resnet18", num_classes=2)
+
+
+# --- preprocessing ---------------------------------------------------------------
+
+
+def test_preprocess_values_shape_and_inputs(resnet18_random: ModelBundle, tmp_path: Path) -> None:
+    gray = Image.new("RGB", (80, 50), (128, 128, 128))
+    gray.save(tmp_path / "gray.png")
+    x = resnet18_random.preprocess([gray, tmp_path / "gray.png", str(tmp_path / "gray.png")])
+    assert x.shape == (3, 3, 224, 224) and x.dtype == torch.float32
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    expected = ((128 / 255 - mean) / std).expand_as(x)
+    assert torch.allclose(x, expected, atol=1e-6)
+
+    display = resnet18_random.to_display(gray)
+    assert display.shape == (1, 3, 224, 224) and torch.all(display == 128 / 255)
+    back = resnet18_random.denormalize(resnet18_random.preprocess(gray))
+    assert torch.allclose(back, display, atol=1e-6)
+
+
+def test_preprocess_matches_manual_resize(lite0: ModelBundle) -> None:
+    photo = load_image("sample:chelsea").image
+    resized = np.asarray(photo.resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float32)
+    manual = (torch.from_numpy(resized).permute(2, 0, 1)[None] / 255 - 0.5) / 0.5
+    assert torch.allclose(lite0.preprocess(photo), manual, atol=1e-6)
+
+
+# --- devices ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_resolve_device_without_cuda() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_device(None) == resolve_device("auto") == resolve_device(" CPU ") == cpu
+    assert resolve_device(torch.device("cpu")) == cpu
+    for spec in ("cuda", "cuda:0"):
+        with pytest.raises(MetaCAMError) as error:
+            resolve_device(spec)
+        assert str(error.value) == (
+            f"--device {spec}: no CUDA device is visible to torch; use --device cpu or auto"
+        )
+
+
+def test_resolve_device_rejects_garbage() -> None:
+    for spec in ("gpu", "cpu:1", "cuda:x", ""):
+        with pytest.raises(MetaCAMError, match="use one of auto, cpu, cuda, cuda:N"):
+            resolve_device(spec)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_models_on_cuda(lite0: ModelBundle, tiny_module: str) -> None:
+    assert resolve_device(None).type == "cuda"
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(MetaCAMError, match="CUDA device"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+    gpu = load_model("efficientnet_lite0", "auto")
+    assert gpu.device.type == "cuda" and next(gpu.net.parameters()).is_cuda
+    coffee = load_image("sample:coffee")
+    x = gpu.preprocess(coffee)
+    assert x.is_cuda and torch.allclose(x.cpu(), lite0.preprocess(coffee))
+    with torch.no_grad():
+        p_gpu = gpu.net(x).softmax(dim=1).cpu()
+        p_cpu = lite0.net(lite0.preprocess(coffee)).softmax(dim=1)
+    assert p_gpu.argmax().item() == 967
+    assert torch.allclose(p_gpu, p_cpu, atol=2e-3)
+    custom = load_model(f"{tiny_module}:build", "cuda")  # the probe forward runs on the GPU
+    assert custom.target_layer_name == "features" and custom.categories[-1] == "class 2"
