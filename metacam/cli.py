@@ -1,0 +1,260 @@
+"""The ``metacam`` command: explain, models, sweep, analyze.
+
+User errors print one line, ``metacam <command>: error: <what and what to do>``,
+and exit with status 2; no traceback. ``sweep`` and ``analyze`` hand their
+arguments to the Hydra app and to the analysis, which parse their own.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import import_module
+from pathlib import Path
+
+from metacam import __version__
+from metacam.errors import MetaCAMError
+
+EXPLAIN_EPILOG = """\
+images: files, folders (their image files), sample:NAME (coffee, chelsea,
+astronaut, rocket, cat: scikit-image photos that ship with the package) or
+'samples' for all five.
+
+outputs in --out: <image_id>.png per image (input, each member CAM and MetaCAM
+overlaid, with plain ROAD, adaptive ROAD and k* in the titles), scores.csv and
+scores.parquet (one row per image x method), maps/<image_id>.npz with
+--save-maps (one (H, W) float32 array in [0, 1] per method).
+
+examples:
+  metacam explain samples
+  metacam explain photos/ --model resnet50 --layer layer4.2 --groups gradcam,eigen
+  metacam explain scan.png --model mypkg.nets:build_net --checkpoint net.pt \\
+      --layer encoder.block4 --categories classes.txt --k 30
+"""
+
+
+def _csv_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
+
+
+def _explain_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "explain",
+        help="member CAMs, MetaCAM and ROAD scores for your model and images",
+        description="Explain a CNN's decisions on images with 12 member CAMs and their "
+        "MetaCAM ensemble, scored by ROAD, with k chosen per image by adaptive thresholding.",
+        epilog=EXPLAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help="efficientnet_lite0 (default, offline), a torchvision name, or module:factory",
+    )
+    parser.add_argument(
+        "--layer",
+        help="target layer as a dotted path, e.g. layer4.1 (default: last post-activation map)",
+    )
+    parser.add_argument("--checkpoint", help="state-dict file for the model")
+    parser.add_argument("--categories", help="text file with one class name per line")
+    parser.add_argument("--num-classes", type=int, help="passed to a custom model factory")
+    parser.add_argument("--target", help="class index or name to explain (default: top-1)")
+    parser.add_argument(
+        "--groups",
+        help="comma-separated member groups (default: all six): "
+        "gradcam, gradcampp, perturbation, eigen, fullgrad, random",
+    )
+    parser.add_argument("--methods", help="comma-separated member names instead of --groups")
+    parser.add_argument(
+        "--k",
+        default="auto",
+        help="auto (adaptive, default), a percentage, or a grid like 10,50,100",
+    )
+    parser.add_argument(
+        "--percentiles",
+        type=_csv_floats,
+        default=(20.0, 40.0, 60.0, 80.0),
+        help="ROAD removal percentages (default 20,40,60,80)",
+    )
+    parser.add_argument(
+        "--ties",
+        choices=("random", "inclusive"),
+        default="random",
+        help="random: seeded tie-break, exact p%% removed (default); inclusive: grad-cam's rule",
+    )
+    parser.add_argument(
+        "--noise", type=float, default=0.01, help="imputation noise std (default 0.01)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-road", action="store_true", help="maps and figures only, no ROAD scores"
+    )
+    parser.add_argument("--save-maps", action="store_true", help="also write maps/<image_id>.npz")
+    parser.add_argument("--batch-size", type=int, help="images per forward pass (memory bound)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("metacam-out"), help="output folder (default metacam-out)"
+    )
+
+
+def _models_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "models",
+        help="list models, their layers, or fetch weights",
+        description="Models MetaCAM can load, and their layers.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="model names you can pass to --model")
+    layers = actions.add_parser("layers", help="dotted names of a model's layers (for --layer)")
+    layers.add_argument("name")
+    fetch = actions.add_parser(
+        "fetch",
+        help="download torchvision weights into the torch cache "
+        "(on a machine with network; copy the file to offline machines)",
+    )
+    fetch.add_argument("name")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metacam",
+        description="MetaCAM: ensemble class activation maps, scored by ROAD.",
+        epilog="metacam sweep [HYDRA OVERRIDES...]: the 64-experiment ablation (see README)\n"
+        "metacam analyze RESULTS_DIR [--out DIR]: CRE, effects, tables and plots",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"metacam {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _explain_parser(commands)
+    _models_parser(commands)
+    commands.add_parser(
+        "sweep", help="the 64-experiment ablation (Hydra; see README)", add_help=False
+    )
+    commands.add_parser(
+        "analyze", help="CRE, factorial effects, tables and plots of a sweep", add_help=False
+    )
+    return parser
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from metacam.cams import resolve_methods
+    from metacam.device import resolve_device
+    from metacam.explain import ExplainOptions, explain, methods_for_groups, parse_k, resolve_target
+    from metacam.images import load_images
+    from metacam.models import load_model
+    from metacam.road import check_percentiles
+
+    # Check every option before any heavy work.
+    if args.groups and args.methods:
+        raise MetaCAMError("give --groups or --methods, not both")
+    if args.methods:
+        methods = resolve_methods(part.strip() for part in args.methods.split(","))
+    elif args.groups:
+        methods = methods_for_groups(
+            [part.strip() for part in args.groups.split(",") if part.strip()]
+        )
+    else:
+        methods = resolve_methods(None)
+    ks = parse_k(args.k)
+    percentiles = check_percentiles(args.percentiles)
+    if args.noise < 0:
+        raise MetaCAMError(f"--noise {args.noise} is negative; give a standard deviation >= 0")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise MetaCAMError(f"--batch-size {args.batch_size} must be at least 1")
+    device = resolve_device(args.device)
+    bundle = load_model(
+        args.model,
+        device,
+        layer=args.layer,
+        checkpoint=args.checkpoint,
+        categories=args.categories,
+        num_classes=args.num_classes,
+    )
+    options = ExplainOptions(
+        methods=methods,
+        target=resolve_target(bundle, args.target),
+        ks=ks,
+        percentiles=percentiles,
+        ties=args.ties,
+        noise=args.noise,
+        seed=args.seed,
+        road=not args.no_road,
+        save_maps=args.save_maps,
+        batch_size=args.batch_size,
+    )
+
+    images, problems = load_images(args.images)
+    for problem in problems:
+        print(f"metacam explain: skipped {problem.source}: {problem.reason}", file=sys.stderr)
+    if not images:
+        raise MetaCAMError("no image could be read; check the paths above")
+
+    def progress(items):
+        return tqdm(items, desc="explain", unit="image", disable=len(items) < 2)
+
+    run = explain(bundle, images, options, args.out, progress_bar=progress)
+    for problem in run.problems:
+        print(f"metacam explain: failed on {problem.source}: {problem.reason}", file=sys.stderr)
+    _print_summary(run, args.out)
+    return 1 if problems or run.problems else 0
+
+
+def _print_summary(run, out: Path) -> None:
+    import pandas as pd
+
+    if not run.rows:
+        return
+    frame = pd.DataFrame(run.rows)
+    if "road_adaptive" in frame:
+        table = frame.groupby("method", sort=False)[
+            ["road_plain", "road_adaptive", "k_star"]
+        ].mean()
+        print(table.round(3).to_string())
+        if run.stats.masks:
+            print(f"ROAD: {run.stats.summary()}")
+    print(f"{len(run.figures)} figure(s) and {out / 'scores.csv'} written to {out}/")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from metacam import models
+
+    if args.action == "list":
+        print("\n".join(models.available_models()))
+    elif args.action == "layers":
+        bundle = models.load_model(args.name, "cpu", pretrained=False)
+        default = bundle.target_layer_name
+        for name in models.list_layers(bundle.net):
+            print(f"{name}  (default)" if name == default else name)
+    else:
+        print(models.fetch_weights(args.name))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "analyze":
+        return import_module("analysis.cli").main(argv[1:])
+    if argv and argv[0] == "sweep":
+        return import_module("experiments.sweep").cli(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return run_explain(args) if args.command == "explain" else run_models(args)
+    except MetaCAMError as error:
+        print(f"metacam {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metacam {args.command}: interrupted; finished work is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
