@@ -86,7 +86,9 @@ def test_inclusive_rule_removes_far_more_than_p_on_sparse_maps():
     sparse = top_k_mask(torch.from_numpy(blob(40, 40, 20, 20, 100))[None], 10)[0].flatten()
     inclusive = road_module._inclusive_masks(sparse[None], P)[0]
     assert inclusive[4].sum().item() >= 0.89 * 1600  # LeRF at p = 20: every zero goes
-    default = road_module._random_tie_masks(sparse[None], torch.randperm(1600), removal_counts(P, 1600))[0]
+    default = road_module._random_tie_masks(
+        sparse[None], torch.randperm(1600), removal_counts(P, 1600)
+    )[0]
     assert default.sum(1).tolist() == [320, 640, 960, 1280] * 2
 
 

@@ -50,13 +50,6 @@ def test_resnet_explicit_targets_equal_grad_cam(tiny_resnet, resnet_input, monke
 
 
 @pytest.fixture(scope="module")
-def lite0():
-    from metacam.models import load_model
-
-    return load_model("efficientnet_lite0", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def coffee_96(lite0):
     """The real coffee photo at 96x96 (bn2 is 3x3), normalised as the model expects."""
     image = Image.fromarray(data.coffee()).resize((96, 96), Image.BICUBIC)
