@@ -1,0 +1,75 @@
+"""``metacam analyze RESULTS_DIR [--out DIR] ...`` (also ``python -m analysis``).
+
+User errors print one line, ``metacam analyze: error: <what and what to do>``,
+on stderr and return 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn
+
+from analysis.errors import AnalysisError
+
+PROG = "metacam analyze"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so errors stay one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise AnalysisError(f"{message} (see `{PROG} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Cumulative Residual Effect, factorial effects, paper tables and figures "
+                    "from a MetaCAM results dataset (a folder of Parquet files).",
+    )
+    parser.add_argument("results_dir", metavar="RESULTS_DIR",
+                        help="folder of Parquet result files (read recursively)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output folder (default: RESULTS_DIR/analysis)")
+    parser.add_argument("--score", default="adaptive", metavar="adaptive|plain|k=K",
+                        help="score per unit: ROAD at the adaptive k* (default), the plain map "
+                             "(k = 100), or at a fixed k")
+    parser.add_argument("--metric", default="combined", choices=["combined", "morf", "lerf"],
+                        help="ROAD variant (default combined; for morf lower is better)")
+    parser.add_argument("--interactions", action="store_true",
+                        help="add all two-way group interactions to the OLS model")
+    parser.add_argument("--sweep-id", default=None,
+                        help="the sweep to analyse when the dataset holds several")
+    return parser
+
+
+def _error(message: object) -> int:
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"{PROG}: error: {text}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the analysis; returns the exit status (0 ok, 2 user error)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except AnalysisError as error:
+        return _error(error)
+    except SystemExit as done:  # --help
+        return int(done.code or 0)
+    # Imported here so that `--help` and argument errors stay instant.
+    from analysis.pipeline import analyze
+    from analysis.report import summary_text
+
+    try:
+        result = analyze(args.results_dir, args.out, score=args.score, metric=args.metric,
+                         interactions=args.interactions, sweep_id=args.sweep_id)
+    except AnalysisError as error:
+        return _error(error)
+    try:
+        print(summary_text(result), flush=True)
+    except BrokenPipeError:  # stdout piped into `head`: the files are written, nothing to report
+        sys.stdout = open(os.devnull, "w")  # keeps the final flush quiet
+    return 0
