@@ -108,7 +108,7 @@ def explain_image(
         bundle.target_layer,
         options.target,
         options.methods,
-        seed=options.seed,
+        image_seeds=[image_seed(options.seed, image.image_id)],
         batch_size=options.batch_size,
         progress=progress,
     )

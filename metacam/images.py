@@ -93,6 +93,27 @@ def load_images(
     return images, problems
 
 
+def expand_specs(specs: Iterable[str | Path]) -> list[str]:
+    """Specs with folders replaced by their image files and ``samples`` by the five
+    ``sample:NAME`` entries; files, sample names and missing paths pass through.
+
+    Lets a large image set be split into units and shards before any decoding;
+    :func:`load_images` on each entry then gives the image or its problem.
+    A folder without images stays as one entry (its problem is reported on load).
+    """
+    entries: list[str] = []
+    for spec in specs:
+        text = str(spec)
+        path = Path(text)
+        if text == _ALL_SAMPLES and not path.exists():
+            entries.extend(_SAMPLE_PREFIX + name for name in SAMPLE_NAMES)
+        elif path.is_dir() and _image_files(path):
+            entries.extend(str(file) for file in _image_files(path))
+        else:
+            entries.append(text)
+    return entries
+
+
 def load_image(spec: str | Path, *, min_size: int = 16) -> LoadedImage:
     """Load exactly one image (a file or ``sample:NAME``); raise :class:`MetaCAMError` if not."""
     images, problems = load_images([spec], min_size=min_size)

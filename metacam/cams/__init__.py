@@ -7,7 +7,7 @@ Every map is (B, H, W) at input resolution, min-max normalised to [0, 1].
 """
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +119,7 @@ def compute_members(
     methods: Iterable[str] | None = None,
     *,
     seed: int = 0,
+    image_seeds: Sequence[int] | None = None,
     batch_size: int | None = None,
     fullgrad_bn_subclasses: bool = True,
     progress: Callable[[int], None] | None = None,
@@ -127,6 +128,8 @@ def compute_members(
 
     x: (B, C, H, W) normalised input on the net's device.
     targets: None (top-1 per image), an int for all, or one per image.
+    seed / image_seeds: RandomCAM's weights for image b come from a generator seeded
+        with image_seeds[b] (default seed + b); see metacam.road.image_seed.
     batch_size: masked or ablated images per forward pass in ScoreCAM/AblationCAM
         (the memory bound); default 16 on CPU, 128 on CUDA.
     fullgrad_bn_subclasses: include BatchNorm2d subclasses (timm's BatchNormAct2d)
@@ -177,8 +180,8 @@ def compute_members(
                     progress=progress,
                 )
             else:
-                generator = torch.Generator().manual_seed(seed)
-                raw[member.name] = randomcam(shared.activations, generator)
+                seeds = image_seeds if image_seeds is not None else [seed + b for b in range(len(x))]
+                raw[member.name] = randomcam(shared.activations, seeds)
     for name, layer_map in raw.items():
         maps[name] = finish_layer_cam(layer_map, size)
     return MemberResult(

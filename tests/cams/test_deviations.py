@@ -93,8 +93,9 @@ def test_fullgrad_plain_batchnorm_unaffected_by_subclass_rule(tiny_resnet, resne
 
 
 def test_randomcam_is_grad_cams_formula_with_seeded_weights(tiny_resnet, resnet_input, monkeypatch):
-    """RandomCAM draws U(-1, 1) channel weights from a seeded torch generator; given the same
-    weights, grad-cam's RandomCAM gives the same map."""
+    """RandomCAM draws U(-1, 1) channel weights from one seeded torch generator per image;
+    given the same weights, grad-cam's RandomCAM gives the same map. An image's map does
+    not depend on its batch."""
     layer = tiny_resnet.layer4[-1]
     ours = member_cams(tiny_resnet, resnet_input, layer, methods=["randomcam"], seed=7)["randomcam"]
     again = member_cams(tiny_resnet, resnet_input, layer, methods=["randomcam"], seed=7)[
@@ -106,7 +107,12 @@ def test_randomcam_is_grad_cams_formula_with_seeded_weights(tiny_resnet, resnet_
     assert torch.equal(ours, again)
     assert max_abs_diff(ours, other.numpy()) > 0.05
 
-    weights = torch.rand(2, 512, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    # image b's weights come from a generator seeded with seed + b
+    weights = torch.stack(
+        [torch.rand(512, generator=torch.Generator().manual_seed(7 + b), dtype=torch.float64) for b in range(2)]
+    )
+    alone = member_cams(tiny_resnet, resnet_input[1:], layer, methods=["randomcam"], image_seeds=[8])
+    assert max_abs_diff(alone["randomcam"][0], ours[1:].numpy()[0]) <= 1e-6
     weights = (weights * 2 - 1).numpy()
     monkeypatch.setattr("pytorch_grad_cam.random_cam.np.random.uniform", lambda *a, **k: weights)
     targets = tiny_resnet(resnet_input).argmax(1)
