@@ -262,7 +262,9 @@ def run_job(spec: JobSpec, progress: Callable[[str], None] | None = None) -> Job
         if not todo:
             report.units_skipped += 1
             continue
-        rows = score_unit(spec, bundle, key, cache, labels, entries, todo)
+        # Score all of the job's experiments even if only some are missing: the same
+        # batches as an uninterrupted run, so a resumed dataset is bit-identical.
+        rows = score_unit(spec, bundle, key, cache, labels, entries, experiments)
         for experiment in todo:
             write_rows(rows[experiment.folder], results / experiment.folder / name)
             report.rows += len(rows[experiment.folder])
