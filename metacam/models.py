@@ -195,6 +195,10 @@ def load_model(
         load_checkpoint(net, checkpoint, model_name=name)
     _add_densenet_relu(net)
     net.eval().to(dev)
+    if not custom:
+        # NHWC convolutions are 1.5-2x faster for these CNNs on CPU (and no slower on
+        # GPU); a user's own model keeps its layout, as it may .view() feature maps.
+        net.to(memory_format=torch.channels_last)
 
     size = tuple(input_size) if input_size is not None else built.input_size
     layer_name = _canonical_layer_name(net, layer, name) if layer else default_layer_name(net)

@@ -153,6 +153,7 @@ def test_densenet_gets_a_final_relu_that_changes_nothing() -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         plain = torchvision.models.densenet121(weights=None).eval()
+    plain.to(memory_format=torch.channels_last)  # as load_model lays out built-in models
     assert bundle.target_layer_name == "features.relu5"
     assert bundle.target_layer is bundle.net.features.relu5
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -312,7 +313,7 @@ def test_torchvision_checkpoint_with_num_classes(tmp_path: Path) -> None:
     bundle = load_model("resnet18", "cpu", checkpoint=tmp_path / "tuned.pt", num_classes=2)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(bundle.net(x), tuned(x))
+        assert torch.allclose(bundle.net(x), tuned(x), atol=1e-5)  # NHWC vs NCHW rounding only
     assert bundle.categories == ["class 0", "class 1"]
     with pytest.raises(MetaCAMError, match="needs a checkpoint"):
         load_model("resnet18", num_classes=2)
@@ -385,3 +386,15 @@ def test_models_on_cuda(lite0: ModelBundle, tiny_module: str) -> None:
     assert torch.allclose(p_gpu, p_cpu, atol=2e-3)
     custom = load_model(f"{tiny_module}:build", "cuda")  # the probe forward runs on the GPU
     assert custom.target_layer_name == "features" and custom.categories[-1] == "class 2"
+
+
+def test_built_in_models_use_channels_last_and_keep_their_outputs() -> None:
+    """NHWC is a speed choice only: the logits match the default layout."""
+    bundle = load_model("resnet18", "cpu", pretrained=False, seed=0)
+    conv = bundle.net.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        plain = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(bundle.net(x), plain(x), atol=1e-4)
