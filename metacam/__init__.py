@@ -19,7 +19,7 @@ _EXPORTS = {
     "MEMBERS": "metacam.cams",
     "metacam_map": "metacam.ensemble",
     "top_k_mask": "metacam.ensemble",
-    "impute": "metacam.impute",
+    "impute": "metacam.imputation",
     "road": "metacam.road",
     "adaptive_threshold": "metacam.adaptive",
     "DEFAULT_GROUPS": "metacam.groups",

@@ -2,7 +2,7 @@
 
 For a saliency map A of image x with target c and removal percentages P:
 MoRF_p removes the p% most relevant pixels, LeRF_p the p% least relevant, by
-noisy linear imputation (:mod:`metacam.impute`); f is the target's softmax
+noisy linear imputation (:mod:`metacam.imputation`); f is the target's softmax
 probability. We report
 
 * ``morf`` = mean_p f(MoRF_p) - f(x) and ``lerf`` = mean_p f(LeRF_p) - f(x)
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from metacam.ensemble import percentile_of_sorted
 from metacam.errors import MetaCAMError
-from metacam.impute import linear_impute
+from metacam.imputation import linear_impute
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (20.0, 40.0, 60.0, 80.0)
 TIE_RULES = ("random", "inclusive")

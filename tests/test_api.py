@@ -1,0 +1,50 @@
+"""The public front (DESIGN §3) and the layering rules (STYLE.md)."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import metacam
+
+PACKAGE = Path(metacam.__file__).parent
+
+
+def test_public_names_resolve_to_the_documented_objects():
+    for name in ("load_model", "member_cams", "metacam_map", "impute", "road", "adaptive_threshold"):
+        assert callable(getattr(metacam, name)), name
+    # importing a submodule must not shadow a public function of the same package
+    importlib.import_module("metacam.imputation")
+
+    assert metacam.impute.__module__ == "metacam.imputation" and callable(metacam.impute)
+    assert len(metacam.MEMBERS) == 12
+    assert set(metacam.__all__) >= {"load_model", "member_cams", "metacam_map", "impute", "road",
+                                    "adaptive_threshold"}
+
+
+def test_the_library_never_imports_hydra_omegaconf_or_submitit():
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        for line in path.read_text().splitlines()
+        if line.lstrip().startswith(("import ", "from "))
+        and any(word in line for word in ("hydra", "omegaconf", "submitit"))
+    ]
+    assert offenders == []
+    modules = [
+        f"metacam.{p.relative_to(PACKAGE).with_suffix('').as_posix().replace('/', '.')}"
+        for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf', 'submitit')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_importing_metacam_and_its_schema_is_light():
+    code = "import metacam, metacam.schema, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
