@@ -106,7 +106,9 @@ def run(cfg: DictConfig) -> dict:
     remaining = max(experiments - done, 0) * elapsed / max(done, 1)
     print(
         f"[{done}/{experiments} experiments] {names}: {report.units_done} unit(s) scored, "
-        f"{report.units_skipped} already done, {report.seconds:.1f}s; "
+        f"{report.units_skipped} already done, {report.seconds:.1f}s (members "
+        f"{report.member_seconds:.1f}s, ROAD forward {report.road.forward_seconds:.1f}s, "
+        f"imputation {report.road.impute_seconds:.1f}s); "
         f"elapsed {_clock(elapsed)}, ETA {_clock(remaining) if done < experiments else 'done'}",
         flush=True,
     )

@@ -190,7 +190,7 @@ def _distinct(masks: Tensor) -> tuple[Tensor, Tensor]:
 
 def default_batch_size(device: torch.device) -> int:
     """Perturbed images per forward pass (the memory bound)."""
-    return 512 if device.type == "cuda" else 16
+    return 512 if device.type == "cuda" else 8
 
 
 def road(

@@ -31,7 +31,7 @@ from metacam.groups import combo_id_of
 from metacam.images import LoadedImage, expand_specs, load_images
 from metacam.models import ModelBundle, load_model
 from metacam.results import is_complete, unit_name, write_rows
-from metacam.road import TIE_RULES, check_percentiles, image_seed, road
+from metacam.road import TIE_RULES, RoadStats, check_percentiles, image_seed, road
 from metacam.schema import GROUP_COLUMNS
 
 ROAD_MODES = {"default": "random", "paper": "inclusive"}
@@ -242,6 +242,8 @@ class JobReport:
     seconds: float = 0.0
     cache_hits: int = 0
     cache_misses: int = 0
+    member_seconds: float = 0.0  # computing member maps (cache misses)
+    road: RoadStats = field(default_factory=RoadStats)
 
 
 def run_job(spec: JobSpec, progress: Callable[[str], None] | None = None) -> JobReport:
@@ -264,7 +266,7 @@ def run_job(spec: JobSpec, progress: Callable[[str], None] | None = None) -> Job
             continue
         # Score all of the job's experiments even if only some are missing: the same
         # batches as an uninterrupted run, so a resumed dataset is bit-identical.
-        rows = score_unit(spec, bundle, key, cache, labels, entries, experiments)
+        rows = score_unit(spec, bundle, key, cache, labels, entries, experiments, report)
         for experiment in todo:
             write_rows(rows[experiment.folder], results / experiment.folder / name)
             report.rows += len(rows[experiment.folder])
@@ -350,6 +352,7 @@ def score_unit(
     labels: dict[str, int],
     entries: Sequence[str],
     experiments: list[Experiment],
+    report: JobReport | None = None,
 ) -> dict[str, list[dict]]:
     """Rows of every experiment on one unit of images: one row per (image, k), or one
     status row for an image that has no score."""
@@ -391,7 +394,10 @@ def score_unit(
         logits[scored].softmax(-1).gather(1, target[:, None].to(logits.device))[:, 0].to(x.device)
     )
     seeds = [image_seed(spec.seed, image.image_id) for image in images]
+    report = report if report is not None else JobReport(0, len(experiments))
+    tick = time.perf_counter()
     maps = _member_maps(spec, bundle, key, cache, x, images, target, seeds, experiments)
+    report.member_seconds += time.perf_counter() - tick
     ks = [float(k) for k in spec.ks]
     candidates = torch.cat([_candidates(e, maps, x, ks) for e in experiments], dim=1)
     scores = road(
@@ -405,6 +411,7 @@ def score_unit(
         image_seeds=seeds,
         batch_size=spec.road.batch_size,
         clean=clean,
+        stats=report.road,
     )
     for i, experiment in enumerate(experiments):
         view = slice(i * len(ks), (i + 1) * len(ks))
