@@ -234,13 +234,20 @@ def road(
     impute_batch = impute_batch or (4096 if device.type == "cuda" else 256)
     seeds = list(image_seeds) if image_seeds is not None else [seed + b for b in range(batch)]
 
-    with torch.inference_mode():
-        if targets is None:
-            chosen = net(x).argmax(1)
-        else:
-            chosen = torch.as_tensor(targets, device=device, dtype=torch.long).reshape(batch)
-        if clean is None:
-            clean = target_probabilities(net, x, chosen, batch_size=batch_size, stats=stats)
+    if targets is None:
+        tick = time.perf_counter()
+        with torch.inference_mode():  # top-1 and its probability from one clean pass
+            probs = net(x).float().softmax(-1)
+        _sync(device)
+        stats.forward_seconds += time.perf_counter() - tick
+        stats.forward_passes += 1
+        stats.forward_images += batch
+        chosen = probs.argmax(1)
+        clean = probs.gather(1, chosen[:, None])[:, 0] if clean is None else clean
+    else:
+        chosen = torch.as_tensor(targets, device=device, dtype=torch.long).reshape(batch)
+    if clean is None:
+        clean = target_probabilities(net, x, chosen, batch_size=batch_size, stats=stats)
     counts = removal_counts(percentiles, pixels)
     after = torch.empty(batch, count_maps, 2 * len(percentiles), device=device)
 

@@ -146,6 +146,11 @@ def validate(spec: JobSpec) -> None:
         raise MetaCAMError(
             f"data shard_index {spec.data.shard_index} is outside 0..{spec.data.shard_count - 1}"
         )
+    target = spec.data.target
+    if target == "label" and not spec.data.labels:
+        raise MetaCAMError("data target 'label' needs data.labels, a CSV with columns image,label")
+    if isinstance(target, str) and target not in ("label", "top1"):
+        raise MetaCAMError(f"data target {target!r}: use null (top-1), a class index, or 'label'")
     if spec.data.images_per_unit < 1:
         raise MetaCAMError("data images_per_unit must be at least 1")
     if not spec.data.images:
