@@ -24,7 +24,7 @@ from metacam.ensemble import DEFAULT_KS, metacam_maps, threshold_maps
 from metacam.groups import DEFAULT_GROUPS, combo_flags
 from metacam.images import load_image
 from metacam.models import load_model
-from metacam.road import RoadStats, road
+from metacam.roadscore import RoadStats, road
 
 PERCENTILES = (20, 40, 60, 80)
 

@@ -20,7 +20,7 @@ _EXPORTS = {
     "metacam_map": "metacam.ensemble",
     "top_k_mask": "metacam.ensemble",
     "impute": "metacam.imputation",
-    "road": "metacam.road",
+    "road": "metacam.roadscore",
     "adaptive_threshold": "metacam.adaptive",
     "DEFAULT_GROUPS": "metacam.groups",
 }

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from metacam.ensemble import DEFAULT_KS, check_ks, metacam_maps, threshold_maps
-from metacam.road import RoadScores, road
+from metacam.roadscore import RoadScores, road
 
 
 @dataclass
@@ -66,7 +66,7 @@ def adaptive_threshold(
 
     x: (B, C, H, W); saliency_or_maps: (B, H, W) one map per image, or member maps
     (name -> (B, H, W), or (M, B, H, W)) for MetaCAM. ks: thresholds in (0, 100].
-    road_options: passed to :func:`metacam.road.road` (percentiles, ties, noise,
+    road_options: passed to :func:`metacam.roadscore.road` (percentiles, ties, noise,
     seed, image_seeds, batch_size, stats, ...).
     """
     grid = tuple(check_ks(ks))

@@ -151,7 +151,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from metacam.explain import ExplainOptions, explain, methods_for_groups, parse_k, resolve_target
     from metacam.images import load_images
     from metacam.models import load_model
-    from metacam.road import check_percentiles
+    from metacam.roadscore import check_percentiles
 
     # Check every option before any heavy work.
     if args.groups and args.methods:

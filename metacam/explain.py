@@ -18,7 +18,7 @@ from metacam.figures import Panel, overlay_figure, save_figure
 from metacam.groups import DEFAULT_GROUPS
 from metacam.images import ImageProblem, LoadedImage
 from metacam.models import ModelBundle
-from metacam.road import DEFAULT_PERCENTILES, RoadStats, image_seed, road
+from metacam.roadscore import DEFAULT_PERCENTILES, RoadStats, image_seed, road
 
 
 @dataclass

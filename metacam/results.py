@@ -36,13 +36,25 @@ def is_complete(path: Path) -> bool:
     return all(name in names for name in RESULTS_SCHEMA.names)
 
 
-def write_rows(rows: list[dict], path: Path) -> Path:
-    """Write rows (dicts with the schema's columns) as one Parquet file, atomically."""
+def write_rows(rows: list[dict], path: Path, *, stale_before: float | None = None) -> Path:
+    """Write rows (dicts with the schema's columns) as one Parquet file, atomically.
+
+    stale_before: a time.time() at which this unit's computation started; leftover
+    temporary files of the same unit older than that come from a killed writer and
+    are removed (a live writer's would be newer). Readers ignore them either way.
+    """
     table = pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     pq.write_table(table, partial)
     os.replace(partial, path)
+    if stale_before is not None:
+        for leftover in path.parent.glob(f".{path.stem}.*.partial"):
+            try:
+                if leftover.stat().st_mtime < stale_before:
+                    leftover.unlink()
+            except FileNotFoundError:
+                pass  # another job cleaned it first
     return path
 
 

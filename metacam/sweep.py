@@ -31,7 +31,7 @@ from metacam.groups import combo_id_of
 from metacam.images import LoadedImage, expand_specs, load_images
 from metacam.models import ModelBundle, load_model
 from metacam.results import is_complete, unit_name, write_rows
-from metacam.road import TIE_RULES, RoadStats, check_percentiles, image_seed, road
+from metacam.roadscore import TIE_RULES, RoadStats, check_percentiles, image_seed, road
 from metacam.schema import GROUP_COLUMNS
 
 ROAD_MODES = {"default": "random", "paper": "inclusive"}
@@ -271,9 +271,10 @@ def run_job(spec: JobSpec, progress: Callable[[str], None] | None = None) -> Job
             continue
         # Score all of the job's experiments even if only some are missing: the same
         # batches as an uninterrupted run, so a resumed dataset is bit-identical.
+        unit_started = time.time()
         rows = score_unit(spec, bundle, key, cache, labels, entries, experiments, report)
         for experiment in todo:
-            write_rows(rows[experiment.folder], results / experiment.folder / name)
+            write_rows(rows[experiment.folder], results / experiment.folder / name, stale_before=unit_started)
             report.rows += len(rows[experiment.folder])
         report.units_done += 1
         if progress is not None:

@@ -8,7 +8,7 @@ import metacam.adaptive as adaptive_module
 from metacam.adaptive import adaptive_threshold
 from metacam.ensemble import metacam_map, top_k_mask
 from metacam.errors import MetaCAMError
-from metacam.road import RoadScores, road
+from metacam.roadscore import RoadScores, road
 from tests.cams.conftest import randomise_batchnorm
 
 

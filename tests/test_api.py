@@ -48,3 +48,16 @@ def test_importing_metacam_and_its_schema_is_light():
     code = "import metacam, metacam.schema, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_public_functions_survive_importing_every_submodule():
+    """A submodule named like a public function would replace it on the package once
+    imported (metacam.road the module vs metacam.road the function)."""
+    code = (
+        "import importlib, pkgutil, metacam\n"
+        "for info in pkgutil.walk_packages(metacam.__path__, 'metacam.'): importlib.import_module(info.name)\n"
+        "bad = [n for n in metacam.__all__ if n != '__version__' and type(getattr(metacam, n)).__name__ == 'module']\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -5,7 +5,7 @@ import torch
 
 from metacam.cams import member_cams
 from metacam.models import load_model
-from metacam.road import road
+from metacam.roadscore import road
 
 pytestmark = [
     pytest.mark.cuda,

@@ -129,7 +129,7 @@ def compute_members(
     x: (B, C, H, W) normalised input on the net's device.
     targets: None (top-1 per image), an int for all, or one per image.
     seed / image_seeds: RandomCAM's weights for image b come from a generator seeded
-        with image_seeds[b] (default seed + b); see metacam.road.image_seed.
+        with image_seeds[b] (default seed + b); see metacam.roadscore.image_seed.
     batch_size: masked or ablated images per forward pass in ScoreCAM/AblationCAM
         (the memory bound); default 16 on CPU, 128 on CUDA.
     fullgrad_bn_subclasses: include BatchNorm2d subclasses (timm's BatchNormAct2d)

@@ -8,10 +8,10 @@ import torchvision
 from pytorch_grad_cam.metrics import road as grad_cam_road
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-import metacam.road as road_module
+import metacam.roadscore as road_module
 from metacam.ensemble import top_k_mask
 from metacam.errors import MetaCAMError
-from metacam.road import RoadStats, image_seed, relevance_ranks, removal_counts, road
+from metacam.roadscore import RoadStats, image_seed, relevance_ranks, removal_counts, road
 from tests.cams.conftest import randomise_batchnorm
 
 P = (20, 40, 60, 80)
