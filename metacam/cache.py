@@ -81,7 +81,8 @@ class MemberCache:
             return self._discard(path, "values outside [0, 1]")
         return saliency
 
-    def _discard(self, path: Path, why: str) -> None:
+    def _discard(self, path: Path, why: str) -> np.ndarray | None:
+        """Count and report an unusable entry; None means 'recompute it'."""
         self.corrupt += 1
         warnings.warn(f"member cache: {path} is {why}; recomputing it", RuntimeWarning, stacklevel=3)
         return None
@@ -127,14 +128,14 @@ class MemberCache:
         for b, names in missing.items():
             by_set.setdefault(tuple(names), []).append(b)
         computed: dict[tuple[int, str], Tensor] = {}
-        for names, indices in by_set.items():
-            maps = compute(indices, list(names))
+        for member_set, indices in by_set.items():
+            maps = compute(indices, list(member_set))
             for j, b in enumerate(indices):
-                for name in names:
+                for name in member_set:
                     computed[b, name] = maps[name][j]
                     key = next(k for k in keys[b] if k.member == name)
                     self.store(key, maps[name][j].detach().cpu().numpy())
-            self.misses += len(indices) * len(names)
+            self.misses += len(indices) * len(member_set)
         out = {}
         for name in members:
             per_image = [

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from metacam import __version__
 from metacam.cams import MEMBERS, compute_members
@@ -175,9 +176,7 @@ def explain_image(
     return ImageExplanation(image, target, target_prob, maps, rows)
 
 
-def figure_for(
-    explanation: ImageExplanation, bundle: ModelBundle, options: ExplainOptions
-) -> object:
+def figure_for(explanation: ImageExplanation, bundle: ModelBundle) -> Figure:
     """The figure of one image: input, every member, MetaCAM; scores in the titles."""
     display = bundle.to_display([explanation.image.image])[0].permute(1, 2, 0).numpy()
     rows = {row["method"]: row for row in explanation.rows}
@@ -219,7 +218,8 @@ def save_maps(explanation: ImageExplanation, out: Path) -> Path:
     path = out / "maps" / f"{explanation.image.image_id}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial.npz")
-    np.savez_compressed(partial, **{k: v.astype(np.float32) for k, v in explanation.maps.items()})
+    arrays: dict[str, np.ndarray] = {k: v.astype(np.float32) for k, v in explanation.maps.items()}
+    np.savez_compressed(partial, **arrays)  # type: ignore[arg-type]
     partial.replace(path)
     return path
 
@@ -268,7 +268,7 @@ def explain(
             )
         run.rows.extend(explanation.rows)
         run.figures.append(
-            save_figure(figure_for(explanation, bundle, options), out / f"{image.image_id}.png")
+            save_figure(figure_for(explanation, bundle), out / f"{image.image_id}.png")
         )
         if options.save_maps:
             run.map_files.append(save_maps(explanation, out))

@@ -205,7 +205,7 @@ def _cached_model(model_json: str, device: str) -> ModelBundle:
         num_classes=model.num_classes,
         pretrained=model.pretrained,
         seed=model.seed,
-        input_size=tuple(model.input_size) if model.input_size else None,
+        input_size=(int(model.input_size[0]), int(model.input_size[1])) if model.input_size else None,
     )
 
 

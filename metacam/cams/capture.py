@@ -96,7 +96,9 @@ def effective_bias(layer: nn.Module) -> Tensor:
         weight = layer.weight if layer.weight is not None else torch.ones_like(layer.running_mean)
         scale = weight / torch.sqrt(layer.running_var + layer.eps)
         return (layer.bias - layer.running_mean * scale).detach()
-    return layer.bias.detach()  # type: ignore[union-attr]
+    bias = layer.bias
+    assert isinstance(bias, Tensor)
+    return bias.detach()
 
 
 def _linear_output_site(layer: nn.Module) -> nn.Module | None:
