@@ -149,6 +149,7 @@ def shared_pass(
     each image's gradient is its own. Model parameters get no ``.grad``.
     """
     captured: dict[str, Tensor] = {}
+    versions: dict[str, int] = {}  # the target output's version counter when it was produced
     layers = fullgrad_layers or []
     store = _GradientStore(1 + len(layers))
     handles = []
@@ -156,7 +157,7 @@ def shared_pass(
     def on_target(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
         # Clone: a later in-place op would otherwise change the stored activations.
         captured["activations"] = output.detach().clone()
-        captured["target_version"] = torch.tensor(output._version)
+        versions["target"] = output._version
         captured["target_output"] = output
         if need_gradients:
             store.hook(output, 0)
@@ -176,7 +177,10 @@ def shared_pass(
     with_input_gradient = fullgrad_layers is not None
     try:
         with torch.enable_grad():
-            x_in = x.detach().requires_grad_(with_input_gradient)
+            # The input requires grad whenever any gradient is needed: then a graph
+            # exists even for frozen weights, and the in-place fallback below can
+            # back-propagate to it.
+            x_in = x.detach().requires_grad_(with_input_gradient or need_gradients)
             logits = net(x_in)
             if "activations" not in captured:
                 raise RuntimeError("the target layer was not called in the forward pass")
@@ -185,7 +189,7 @@ def shared_pass(
             if need_gradients or with_input_gradient:
                 score = logits.gather(1, chosen[:, None]).sum()
                 target_output = captured["target_output"]
-                modified = target_output._version != int(captured["target_version"])
+                modified = target_output._version != versions["target"]
                 if with_input_gradient or modified or not target_output.requires_grad:
                     # Back-propagate to the input: needed by FullGrad, and the safe
                     # route when the target output was later modified in place.

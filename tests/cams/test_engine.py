@@ -173,3 +173,44 @@ def test_wrong_number_of_targets_is_an_error(tiny_resnet, resnet_input):
         member_cams(tiny_resnet, resnet_input, tiny_resnet.layer4[-1], [1, 2, 3], ["gradcam"])
     with pytest.raises(MetaCAMError, match=r"target classes must lie in 0\.\.9"):
         member_cams(tiny_resnet, resnet_input, tiny_resnet.layer4[-1], [1, 10], ["gradcam"])
+
+
+class ConvThenInplaceReLU(nn.Module):
+    """Target = a conv whose output a later in-place ReLU overwrites."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU(inplace=inplace)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_target_output_modified_in_place_later_still_gives_its_own_values_and_gradients():
+    """The activations are the conv's (cloned before the ReLU overwrites them) and the
+    gradient is w.r.t. the conv output, as with an out-of-place ReLU."""
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(12))
+    inplace, plain = ConvThenInplaceReLU(True).eval(), ConvThenInplaceReLU(False).eval()
+    plain.load_state_dict(inplace.state_dict())
+    got = member_cams(inplace, x, inplace.conv, methods=SHARED[:-1])
+    want = member_cams(plain, x, plain.conv, methods=SHARED[:-1])
+    for name in got:
+        assert torch.allclose(got[name], want[name], atol=1e-6), name
+
+
+def test_frozen_weights_still_give_gradient_maps(tiny_resnet, resnet_input):
+    """A deployed model often has requires_grad=False everywhere; the maps are unchanged."""
+    layer = tiny_resnet.layer4[-1]
+    expected = member_cams(tiny_resnet, resnet_input, layer, methods=SHARED)
+    for parameter in tiny_resnet.parameters():
+        parameter.requires_grad_(False)
+    try:
+        got = member_cams(tiny_resnet, resnet_input, layer, methods=SHARED)
+    finally:
+        for parameter in tiny_resnet.parameters():
+            parameter.requires_grad_(True)
+    for name in SHARED:
+        assert torch.allclose(got[name], expected[name], atol=1e-6), name
