@@ -107,8 +107,14 @@ class MemberResult:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Masked/ablated images per forward pass: small on CPU (cache-friendly), large on GPU."""
-    return 128 if device.type == "cuda" else 16
+    """ScoreCAM's masked images per forward pass: small on CPU (cache-friendly), large on GPU."""
+    return 128 if device.type == "cuda" else 8
+
+
+def default_ablation_batch(device: torch.device) -> int:
+    """AblationCAM's ablated copies per pass: only the layers after the target run on
+    them (the prefix runs once per chunk), so chunks can be large."""
+    return 1024 if device.type == "cuda" else 256
 
 
 def compute_members(
@@ -121,6 +127,7 @@ def compute_members(
     seed: int = 0,
     image_seeds: Sequence[int] | None = None,
     batch_size: int | None = None,
+    ablation_batch: int | None = None,
     fullgrad_bn_subclasses: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> MemberResult:
@@ -130,8 +137,11 @@ def compute_members(
     targets: None (top-1 per image), an int for all, or one per image.
     seed / image_seeds: RandomCAM's weights for image b come from a generator seeded
         with image_seeds[b] (default seed + b); see metacam.roadscore.image_seed.
-    batch_size: masked or ablated images per forward pass in ScoreCAM/AblationCAM
-        (the memory bound); default 16 on CPU, 128 on CUDA.
+    batch_size: masked images per forward pass in ScoreCAM (the memory bound:
+        ~batch_size forward passes' activations); default 8 on CPU, 128 on CUDA.
+    ablation_batch: ablated copies of the target activations per pass of the layers
+        after it (memory ~ ablation_batch x the tail's activations); default 256 on
+        CPU, 1024 on CUDA.
     fullgrad_bn_subclasses: include BatchNorm2d subclasses (timm's BatchNormAct2d)
         in FullGrad's bias terms; False reproduces grad-cam 1.5, which skips them.
     progress: called with a count of channels done by the perturbation members.
@@ -146,6 +156,7 @@ def compute_members(
         fullgrad_layers = bias_layers(net) if fullgrad_bn_subclasses else grad_cam_bias_layers(net)
     size = (x.shape[-2], x.shape[-1])
     batch = batch_size or default_batch_size(x.device)
+    chunk = ablation_batch or default_ablation_batch(x.device)
 
     with eval_mode(net):
         shared = shared_pass(
@@ -176,11 +187,13 @@ def compute_members(
                     shared.activations,
                     shared.logits,
                     shared.targets,
-                    batch_size=batch,
+                    batch_size=chunk,
                     progress=progress,
                 )
             else:
-                seeds = image_seeds if image_seeds is not None else [seed + b for b in range(len(x))]
+                seeds = (
+                    image_seeds if image_seeds is not None else [seed + b for b in range(len(x))]
+                )
                 raw[member.name] = randomcam(shared.activations, seeds)
     for name, layer_map in raw.items():
         maps[name] = finish_layer_cam(layer_map, size)
@@ -200,8 +213,8 @@ def member_cams(
     """Member CAM maps: name -> (B, H, W) float in [0, 1] at input resolution.
 
     x: (B, C, H, W) normalised input; targets=None explains each image's top-1
-    class. ``options`` are those of :func:`compute_members` (seed, batch_size,
-    fullgrad_bn_subclasses, progress).
+    class. ``options`` are those of :func:`compute_members` (seed, image_seeds,
+    batch_size, ablation_batch, fullgrad_bn_subclasses, progress).
     """
     return compute_members(net, x, target_layer, targets, methods, **options).maps
 

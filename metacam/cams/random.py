@@ -17,7 +17,9 @@ def randomcam(activations: Tensor, seeds: Sequence[int]) -> Tensor:
     batch, channels = activations.shape[:2]
     weights = torch.stack(
         [
-            torch.rand(channels, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+            torch.rand(
+                channels, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64
+            )
             for seed in seeds
         ]
     )

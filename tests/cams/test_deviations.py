@@ -109,9 +109,14 @@ def test_randomcam_is_grad_cams_formula_with_seeded_weights(tiny_resnet, resnet_
 
     # image b's weights come from a generator seeded with seed + b
     weights = torch.stack(
-        [torch.rand(512, generator=torch.Generator().manual_seed(7 + b), dtype=torch.float64) for b in range(2)]
+        [
+            torch.rand(512, generator=torch.Generator().manual_seed(7 + b), dtype=torch.float64)
+            for b in range(2)
+        ]
     )
-    alone = member_cams(tiny_resnet, resnet_input[1:], layer, methods=["randomcam"], image_seeds=[8])
+    alone = member_cams(
+        tiny_resnet, resnet_input[1:], layer, methods=["randomcam"], image_seeds=[8]
+    )
     assert max_abs_diff(alone["randomcam"][0], ours[1:].numpy()[0]) <= 1e-6
     weights = (weights * 2 - 1).numpy()
     monkeypatch.setattr("pytorch_grad_cam.random_cam.np.random.uniform", lambda *a, **k: weights)

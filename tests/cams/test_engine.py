@@ -64,7 +64,7 @@ def test_ablation_runs_the_prefix_once_per_chunk(tiny_resnet, resnet_input):
             resnet_input,
             tiny_resnet.layer4[-1],
             methods=["ablationcam"],
-            batch_size=100,
+            ablation_batch=100,
         )
     finally:
         stem.handle.remove()
