@@ -11,8 +11,6 @@ missing: it is recomputed and overwritten.
 
 import hashlib
 import json
-import os
-import uuid
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -22,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from metacam.atomic import write_atomically
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,13 @@ class EntryKey:
     def relative_path(self) -> Path:
         digest = hashlib.sha1(self.text().encode()).hexdigest()[:10]
         safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model)
-        return Path(safe_model) / self.layer / self.image_id / f"t{self.target}" / f"{self.member}-{digest}.npz"
+        return (
+            Path(safe_model)
+            / self.layer
+            / self.image_id
+            / f"t{self.target}"
+            / f"{self.member}-{digest}.npz"
+        )
 
 
 class MemberCache:
@@ -84,21 +90,21 @@ class MemberCache:
     def _discard(self, path: Path, why: str) -> np.ndarray | None:
         """Count and report an unusable entry; None means 'recompute it'."""
         self.corrupt += 1
-        warnings.warn(f"member cache: {path} is {why}; recomputing it", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"member cache: {path} is {why}; recomputing it", RuntimeWarning, stacklevel=3
+        )
         return None
 
     def store(self, key: EntryKey, saliency: np.ndarray) -> None:
         """Write one entry atomically; concurrent writers of the same key are harmless."""
         if self.root is None:
             return
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial.npz")
-        with open(partial, "wb") as handle:
-            np.savez(handle, map=saliency.astype(np.float32), key=np.array(key.text()))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
+        write_atomically(
+            self.path(key),
+            lambda partial: np.savez(
+                partial, map=saliency.astype(np.float32), key=np.array(key.text())
+            ),
+        )
 
     def get_or_compute(
         self,

@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from metacam import __version__
+from metacam.atomic import write_atomically
 from metacam.cams import MEMBERS, compute_members
 from metacam.ensemble import DEFAULT_KS, check_ks, metacam_maps, threshold_maps
 from metacam.errors import MetaCAMError
@@ -205,23 +206,20 @@ def figure_for(explanation: ImageExplanation, bundle: ModelBundle) -> Figure:
 def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
     """scores.csv and scores.parquet, each written whole (temporary name, then rename)."""
     frame = pd.DataFrame(rows)
-    csv, parquet = out / "scores.csv", out / "scores.parquet"
-    frame.to_csv(out / ".scores.csv.partial", index=False)
-    frame.to_parquet(out / ".scores.parquet.partial", index=False)
-    (out / ".scores.csv.partial").replace(csv)
-    (out / ".scores.parquet.partial").replace(parquet)
+    csv = write_atomically(out / "scores.csv", lambda partial: frame.to_csv(partial, index=False))
+    parquet = write_atomically(
+        out / "scores.parquet", lambda partial: frame.to_parquet(partial, index=False)
+    )
     return csv, parquet
 
 
 def save_maps(explanation: ImageExplanation, out: Path) -> Path:
     """maps/<image_id>.npz: one (H, W) float32 array in [0, 1] per method."""
-    path = out / "maps" / f"{explanation.image.image_id}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial.npz")
     arrays: dict[str, np.ndarray] = {k: v.astype(np.float32) for k, v in explanation.maps.items()}
-    np.savez_compressed(partial, **arrays)  # type: ignore[arg-type]
-    partial.replace(path)
-    return path
+    return write_atomically(
+        out / "maps" / f"{explanation.image.image_id}.npz",
+        lambda partial: np.savez_compressed(partial, **arrays),  # type: ignore[arg-type]
+    )
 
 
 @dataclass

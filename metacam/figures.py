@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from metacam.atomic import write_atomically  # noqa: E402
+
 
 @dataclass
 class Panel:
@@ -49,9 +51,7 @@ def overlay_figure(
 
 def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
     """Write the PNG atomically (temporary name, then rename) and free the figure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(partial, dpi=dpi)
-    plt.close(fig)
-    partial.replace(path)
-    return path
+    try:
+        return write_atomically(path, lambda partial: fig.savefig(partial, dpi=dpi))
+    finally:
+        plt.close(fig)

@@ -7,14 +7,13 @@ the unit it was computing, and a rerun recomputes exactly the absent ones.
 """
 
 import hashlib
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metacam.atomic import write_atomically
 from metacam.schema import RESULTS_SCHEMA
 
 
@@ -44,12 +43,9 @@ def write_rows(rows: list[dict], path: Path, *, stale_before: float | None = Non
     are removed (a live writer's would be newer). Readers ignore them either way.
     """
     table = pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
-    pq.write_table(table, partial)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: pq.write_table(table, partial))
     if stale_before is not None:
-        for leftover in path.parent.glob(f".{path.stem}.*.partial"):
+        for leftover in path.parent.glob(f".{path.stem}.*.partial*"):
             try:
                 if leftover.stat().st_mtime < stale_before:
                     leftover.unlink()
