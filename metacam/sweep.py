@@ -13,9 +13,8 @@ import csv
 import functools
 import hashlib
 import json
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -251,7 +250,7 @@ class JobReport:
     road: RoadStats = field(default_factory=RoadStats)
 
 
-def run_job(spec: JobSpec, progress: Callable[[str], None] | None = None) -> JobReport:
+def run_job(spec: JobSpec) -> JobReport:
     """Score every unit of this job that has no result file yet."""
     validate(spec)
     started = time.perf_counter()
@@ -263,7 +262,7 @@ def run_job(spec: JobSpec, progress: Callable[[str], None] | None = None) -> Job
     labels = read_labels(spec.data.labels)
     results = Path(spec.results_dir)
     extra = json.dumps({"target": spec.data.target, "labels": sorted(labels.items())})
-    for index, entries in enumerate(units_of(spec.data)):
+    for entries in units_of(spec.data):
         name = unit_name(key, bundle.target_layer_name, entries, extra) + ".parquet"
         todo = [e for e in experiments if not is_complete(results / e.folder / name)]
         if not todo:
@@ -277,8 +276,6 @@ def run_job(spec: JobSpec, progress: Callable[[str], None] | None = None) -> Job
             write_rows(rows[experiment.folder], results / experiment.folder / name, stale_before=unit_started)
             report.rows += len(rows[experiment.folder])
         report.units_done += 1
-        if progress is not None:
-            progress(f"unit {index + 1}: {len(todo)} experiment(s), {len(entries)} image(s)")
     report.seconds = time.perf_counter() - started
     report.cache_hits, report.cache_misses = cache.hits, cache.misses
     return report
@@ -494,7 +491,3 @@ def _candidates(
     if not experiment.members:  # combo 0: no explanation, a constant map
         return torch.zeros(batch, len(ks), height, width, device=x.device)
     return metacam_maps({m: maps[m] for m in experiment.members}, ks)
-
-
-def print_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
