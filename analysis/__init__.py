@@ -8,31 +8,31 @@ This package never imports torch. Public names are imported lazily so that
 from importlib import import_module
 from typing import Any
 
-from analysis.errors import AnalysisError
+from metacam.analysis.errors import AnalysisError
 
 # public name -> module that defines it
 _EXPORTS = {
-    "analyze": "analysis.pipeline",
-    "compute": "analysis.pipeline",
-    "AnalysisResult": "analysis.pipeline",
-    "load_dataset": "analysis.dataset",
-    "find_parquet_files": "analysis.dataset",
-    "Dataset": "analysis.dataset",
-    "ScoreSpec": "analysis.scores",
-    "parse_score": "analysis.scores",
-    "select_scores": "analysis.scores",
-    "experiment_summary": "analysis.cre",
-    "cre": "analysis.cre",
-    "cre_curves": "analysis.cre",
-    "cre_per_unit": "analysis.cre",
-    "main_effect_contrasts": "analysis.cre",
-    "cre_ols_identity": "analysis.cre",
-    "fit_factorial": "analysis.stats",
-    "FactorialFit": "analysis.stats",
-    "synthetic_results": "analysis.synthetic",
-    "write_results": "analysis.synthetic",
-    "write_synthetic": "analysis.synthetic",
-    "main": "analysis.cli",
+    "analyze": "metacam.analysis.pipeline",
+    "compute": "metacam.analysis.pipeline",
+    "AnalysisResult": "metacam.analysis.pipeline",
+    "load_dataset": "metacam.analysis.dataset",
+    "find_parquet_files": "metacam.analysis.dataset",
+    "Dataset": "metacam.analysis.dataset",
+    "ScoreSpec": "metacam.analysis.scores",
+    "parse_score": "metacam.analysis.scores",
+    "select_scores": "metacam.analysis.scores",
+    "experiment_summary": "metacam.analysis.cre",
+    "cre": "metacam.analysis.cre",
+    "cre_curves": "metacam.analysis.cre",
+    "cre_per_unit": "metacam.analysis.cre",
+    "main_effect_contrasts": "metacam.analysis.cre",
+    "cre_ols_identity": "metacam.analysis.cre",
+    "fit_factorial": "metacam.analysis.stats",
+    "FactorialFit": "metacam.analysis.stats",
+    "synthetic_results": "metacam.analysis.synthetic",
+    "write_results": "metacam.analysis.synthetic",
+    "write_synthetic": "metacam.analysis.synthetic",
+    "main": "metacam.analysis.cli",
 }
 
 __all__ = ["AnalysisError", *_EXPORTS]

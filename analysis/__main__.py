@@ -1,7 +1,7 @@
-"""``python -m analysis RESULTS_DIR [--out DIR] ...``: same as ``metacam analyze``."""
+"""``python -m metacam.analysis RESULTS_DIR [--out DIR] ...``: same as ``metacam analyze``."""
 
 import sys
 
-from analysis.cli import main
+from metacam.analysis.cli import main
 
 sys.exit(main())

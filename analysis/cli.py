@@ -11,7 +11,7 @@ import os
 import sys
 from typing import NoReturn
 
-from analysis.errors import AnalysisError
+from metacam.analysis.errors import AnalysisError
 
 PROG = "metacam analyze"
 
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help
         return int(done.code or 0)
     # Imported here so that `--help` and argument errors stay instant.
-    from analysis.pipeline import analyze
-    from analysis.report import summary_text
+    from metacam.analysis.pipeline import analyze
+    from metacam.analysis.report import summary_text
 
     try:
         result = analyze(args.results_dir, args.out, score=args.score, metric=args.metric,

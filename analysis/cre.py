@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.summary import summarise
+from metacam.analysis.summary import summarise
 from metacam.groups import GROUP_KEYS, combo_name
 from metacam.schema import GROUP_COLUMNS
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from analysis.errors import AnalysisError
+from metacam.analysis.errors import AnalysisError
 from metacam.groups import GROUP_KEYS
 from metacam.schema import GROUP_COLUMNS, RESULTS_SCHEMA
 

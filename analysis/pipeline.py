@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.cre import (
+from metacam.analysis.cre import (
     N_COMBOS,
     cre,
     cre_curves,
@@ -22,12 +22,12 @@ from analysis.cre import (
     cre_per_unit,
     experiment_summary,
 )
-from analysis.dataset import Dataset, load_dataset
-from analysis.errors import AnalysisError
-from analysis.report import write_outputs
-from analysis.scores import Scores, ScoreSpec, parse_score, select_scores
-from analysis.stats import FactorialFit, fit_factorial
-from analysis.tables import id_ranges, metacam_vs_single, win_rates
+from metacam.analysis.dataset import Dataset, load_dataset
+from metacam.analysis.errors import AnalysisError
+from metacam.analysis.report import write_outputs
+from metacam.analysis.scores import Scores, ScoreSpec, parse_score, select_scores
+from metacam.analysis.stats import FactorialFit, fit_factorial
+from metacam.analysis.tables import id_ranges, metacam_vs_single, win_rates
 from metacam.groups import DEFAULT_GROUPS, GROUP_KEYS
 
 # Every file analyze may write; stale ones from an earlier run are removed first

@@ -15,8 +15,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.scores import ScoreSpec
-from analysis.stats import FactorialFit
+from metacam.analysis.scores import ScoreSpec
+from metacam.analysis.stats import FactorialFit
 from metacam.groups import GROUP_KEYS
 
 # One fixed colour per group in every figure (colour-blind safe, Okabe-Ito).

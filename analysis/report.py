@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from analysis import plots
-from analysis.cre import N_COMBOS
-from analysis.tables import fmt, fmt_ci, fmt_p, id_ranges, ranking_table, write_table
+from metacam.analysis import plots
+from metacam.analysis.cre import N_COMBOS
+from metacam.analysis.tables import fmt, fmt_ci, fmt_p, id_ranges, ranking_table, write_table
 from metacam.groups import GROUP_KEYS
 
 if TYPE_CHECKING:
-    from analysis.pipeline import AnalysisResult
+    from metacam.analysis.pipeline import AnalysisResult
 
 
 def _link(result: AnalysisResult, key: str) -> str:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.dataset import K_TOLERANCE, Dataset
-from analysis.errors import AnalysisError
+from metacam.analysis.dataset import K_TOLERANCE, Dataset
+from metacam.analysis.errors import AnalysisError
 
 # metric name -> (column, label, +1 if higher is better else -1)
 METRICS: dict[str, tuple[str, str, int]] = {

@@ -34,8 +34,8 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from statsmodels.stats.anova import anova_lm
 
-from analysis.cre import flag_matrix
-from analysis.summary import LEVEL
+from metacam.analysis.cre import flag_matrix
+from metacam.analysis.summary import LEVEL
 from metacam.schema import GROUP_COLUMNS
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.summary import summarise, t_halfwidth
+from metacam.analysis.summary import summarise, t_halfwidth
 from metacam.groups import GROUP_KEYS, combo_name
 
 ALL_GROUPS_COMBO = 2 ** len(GROUP_KEYS) - 1

@@ -22,11 +22,11 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 import numpy as np  # noqa: E402
 
-from analysis.dataset import load_dataset  # noqa: E402
-from analysis.pipeline import compute  # noqa: E402
-from analysis.report import write_outputs  # noqa: E402
-from analysis.scores import parse_score  # noqa: E402
-from analysis.synthetic import write_synthetic  # noqa: E402
+from metacam.analysis.dataset import load_dataset  # noqa: E402
+from metacam.analysis.pipeline import compute  # noqa: E402
+from metacam.analysis.report import write_outputs  # noqa: E402
+from metacam.analysis.scores import parse_score  # noqa: E402
+from metacam.analysis.synthetic import write_synthetic  # noqa: E402
 
 
 def parse_ks(text: str) -> tuple[float, ...]:

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from experiments.sweep import job_spec, sweep_size
+        from metacam.experiments.sweep import job_spec, sweep_size
         from metacam.sweep import units_of
 
         spec = job_spec(config)
@@ -24,7 +24,7 @@ class SweepCallback(Callback):
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from experiments.sweep import finished_experiments, job_spec, sweep_size
+        from metacam.experiments.sweep import finished_experiments, job_spec, sweep_size
 
         spec = job_spec(config)
         _, experiments = sweep_size(spec)

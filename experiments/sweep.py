@@ -8,6 +8,7 @@ Run it as ``metacam sweep [overrides]`` or ``python experiments/sweep.py -m [ove
 import sys
 import time
 from dataclasses import asdict
+from importlib.resources import files
 from pathlib import Path
 
 import hydra
@@ -26,7 +27,7 @@ from metacam.sweep import (
     units_of,
 )
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(str(files("metacam.conf")))  # conf/ in a checkout, package data when installed
 _process_started: float | None = None
 _jobs_in_process = 0
 

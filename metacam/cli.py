@@ -242,9 +242,9 @@ def run_models(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "analyze":
-        return import_module("analysis.cli").main(argv[1:])
+        return import_module("metacam.analysis.cli").main(argv[1:])
     if argv and argv[0] == "sweep":
-        return import_module("experiments.sweep").cli(argv[1:])
+        return import_module("metacam.experiments.sweep").cli(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return run_explain(args) if args.command == "explain" else run_models(args)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.synthetic import write_synthetic
+from metacam.analysis.synthetic import write_synthetic
 
 # Planted additive effects used by the planted-effect tests, all distinct so the order is known.
 PLANTED = {

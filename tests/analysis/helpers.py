@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.synthetic import synthetic_results, write_results
+from metacam.analysis.synthetic import synthetic_results, write_results
 
 
 def hand_frame(

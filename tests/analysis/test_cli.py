@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.cli import main
-from analysis.synthetic import synthetic_results, write_results
+from metacam.analysis.cli import main
+from metacam.analysis.synthetic import synthetic_results, write_results
 from metacam.groups import GROUP_KEYS
 from tests.analysis.helpers import write_hand
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.cre import (
+from metacam.analysis.cre import (
     cre,
     cre_curves,
     cre_ols_identity,
@@ -14,7 +14,7 @@ from analysis.cre import (
     experiment_summary,
     main_effect_contrasts,
 )
-from analysis.pipeline import analyze
+from metacam.analysis.pipeline import analyze
 from metacam.groups import GROUP_KEYS
 from tests.analysis.helpers import write_hand
 

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.dataset import find_parquet_files, load_dataset
-from analysis.errors import AnalysisError
-from analysis.scores import parse_score, select_scores
-from analysis.synthetic import synthetic_results, write_results
+from metacam.analysis.dataset import find_parquet_files, load_dataset
+from metacam.analysis.errors import AnalysisError
+from metacam.analysis.scores import parse_score, select_scores
+from metacam.analysis.synthetic import synthetic_results, write_results
 from tests.analysis.helpers import hand_frame
 
 

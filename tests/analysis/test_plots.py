@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from matplotlib.text import Annotation, Text
 
-from analysis.cre import cre, cre_curves, cre_per_unit
-from analysis.plots import plot_cre, plot_effects, plot_unit_cre, save
-from analysis.scores import parse_score
-from analysis.stats import fit_factorial
+from metacam.analysis.cre import cre, cre_curves, cre_per_unit
+from metacam.analysis.plots import plot_cre, plot_effects, plot_unit_cre, save
+from metacam.analysis.scores import parse_score
+from metacam.analysis.stats import fit_factorial
 from metacam.groups import GROUP_KEYS
 
 SPEC = parse_score("adaptive")

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.cre import cre, experiment_summary, main_effect_contrasts
-from analysis.dataset import load_dataset
-from analysis.scores import parse_score, select_scores
-from analysis.stats import estimable_terms, fit_factorial
+from metacam.analysis.cre import cre, experiment_summary, main_effect_contrasts
+from metacam.analysis.dataset import load_dataset
+from metacam.analysis.scores import parse_score, select_scores
+from metacam.analysis.stats import estimable_terms, fit_factorial
 from metacam.groups import GROUP_KEYS
 from tests.analysis.conftest import PLANTED
 
@@ -39,7 +39,7 @@ def test_ols_recovers_each_planted_effect_within_its_ci(planted_scores):
 def test_ci_coverage_is_nominal():
     # 30 independent small datasets × 6 effects = 180 intervals; about 171 should cover the truth.
     # A broken standard error (too small by a factor 2) would cover only ~65%.
-    from analysis.synthetic import synthetic_results
+    from metacam.analysis.synthetic import synthetic_results
 
     covered = []
     for seed in range(30):

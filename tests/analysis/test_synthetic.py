@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from analysis.synthetic import iter_synthetic, synthetic_results, write_synthetic
+from metacam.analysis.synthetic import iter_synthetic, synthetic_results, write_synthetic
 from metacam.groups import combo_name
 from metacam.schema import RESULTS_SCHEMA
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.cre import experiment_summary
-from analysis.summary import summarise
-from analysis.tables import (
+from metacam.analysis.cre import experiment_summary
+from metacam.analysis.summary import summarise
+from metacam.analysis.tables import (
     best_combo,
     best_single,
     fmt,

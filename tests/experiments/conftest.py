@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from experiments.sweep import CONF_DIR
+from metacam.experiments.sweep import CONF_DIR
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from experiments.sweep import CONF_DIR, job_spec, sweep_size
+from metacam.experiments.sweep import CONF_DIR, job_spec, sweep_size
 from metacam.groups import DEFAULT_GROUPS, combo_flags
 from metacam.sweep import experiments_of, validate
 from tests.experiments.conftest import composed

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.sweep import job_spec
+from metacam.experiments.sweep import job_spec
 from metacam.cache import EntryKey, MemberCache
 from metacam.results import result_files
 from metacam.schema import RESULTS_SCHEMA

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from experiments.sweep import job_spec
+from metacam.experiments.sweep import job_spec
 from metacam.errors import MetaCAMError
 from metacam.groups import DEFAULT_GROUPS
 from metacam.results import result_files

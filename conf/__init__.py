@@ -1,0 +1,1 @@
+"""The Hydra configs of ``metacam sweep``, shipped as package data (``metacam.conf``)."""
