@@ -17,6 +17,8 @@ _EXPORTS = {
     "load_images": "metacam.images",
     "member_cams": "metacam.cams",
     "MEMBERS": "metacam.cams",
+    "layer_member": "metacam.cams",
+    "model_member": "metacam.cams",
     "metacam_map": "metacam.ensemble",
     "top_k_mask": "metacam.ensemble",
     "impute": "metacam.imputation",

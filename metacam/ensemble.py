@@ -12,21 +12,8 @@ import torch
 from torch import Tensor
 
 from metacam.cams.postprocess import normalise
+from metacam.config import check_ks
 from metacam.errors import MetaCAMError
-
-DEFAULT_KS: tuple[float, ...] = tuple(float(k) for k in range(5, 101, 5))
-
-
-def check_ks(ks: Sequence[float] | float) -> list[float]:
-    """Validate threshold percentages: each in (0, 100], at least one."""
-    values = [float(ks)] if isinstance(ks, int | float) else [float(k) for k in ks]
-    if not values:
-        raise MetaCAMError("the k grid is empty; give at least one threshold in (0, 100]")
-    for k in values:
-        if not 0 < k <= 100:
-            raise MetaCAMError(f"k={k:g} is outside (0, 100]; k is the percentage of pixels kept")
-    return values
-
 
 def percentile_of_sorted(ascending: Tensor, q: float) -> Tensor:
     """``numpy.percentile(values, q)`` (method 'linear') of rows sorted ascending.

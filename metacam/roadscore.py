@@ -14,13 +14,16 @@ image, shared by every map of that image, so exactly round(p% * H * W) pixels go
 and methods are compared on the same footing. ``ties="inclusive"`` is
 pytorch-grad-cam's rule: every pixel tied with the cut-off value goes.
 
-The noise is one seeded Gaussian field per image, also shared by all its maps,
-so two maps that remove the same pixels get the same perturbed image (which we
-then evaluate once). All perturbed images of all maps and percentages go through
-the model in large batches; the clean image goes through once.
+The noise is one seeded Gaussian field per image, also shared by all its maps, so
+two maps that remove the same pixels get the same image (which we then evaluate
+once). Permutation and noise come from their own seed streams
+(``<stream>.permutation``, ``<stream>.noise`` of the run seed and the image id;
+:mod:`metacam.seeds`). All perturbed images of all maps and percentages go through
+the model in large batches; the clean image goes through once (:class:`Probe`).
 """
 
-import hashlib
+from __future__ import annotations
+
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,12 +31,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from metacam.batching import Batches
+from metacam.config import RoadConfig, check_percentiles
 from metacam.ensemble import percentile_of_sorted
 from metacam.errors import MetaCAMError
 from metacam.imputation import linear_impute
-
-DEFAULT_PERCENTILES: tuple[float, ...] = (20.0, 40.0, 60.0, 80.0)
-TIE_RULES = ("random", "inclusive")
+from metacam.progress import NO_PROGRESS, Progress
+from metacam.seeds import check_ids, stream_seed
 
 
 @dataclass
@@ -57,13 +61,17 @@ class RoadStats:
             f"total {self.total_seconds:.2f}s"
         )
 
+    def add(self, other: RoadStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
 
 @dataclass
 class RoadScores:
-    """ROAD scores; leading shape (B,) for one map per image or (B, M) for M maps.
+    """ROAD scores of M maps per image.
 
-    combined, morf, lerf: (...,); morf_curve, lerf_curve: (..., P) f after removal;
-    clean: (B,) f of the clean image.
+    combined, morf, lerf: (B, M); morf_curve, lerf_curve: (B, M, P) f after
+    removal at each percentage; clean: (B,) f of the clean image.
     """
 
     combined: Tensor
@@ -72,67 +80,123 @@ class RoadScores:
     morf_curve: Tensor
     lerf_curve: Tensor
     clean: Tensor
-    percentiles: tuple[float, ...] = field(default=DEFAULT_PERCENTILES)
+    percentiles: tuple[float, ...] = field(default=(20.0, 40.0, 60.0, 80.0))
+
+    def map(self, index: int) -> RoadScores:
+        """The scores of map ``index`` alone: fields (B,) and (B, P)."""
+        return RoadScores(self.combined[:, index], self.morf[:, index], self.lerf[:, index],
+                          self.morf_curve[:, index], self.lerf_curve[:, index], self.clean,
+                          self.percentiles)
+
+    def select(self, columns: Tensor | slice) -> RoadScores:
+        """The scores of some maps: fields (B, M') and (B, M', P)."""
+        return RoadScores(self.combined[:, columns], self.morf[:, columns], self.lerf[:, columns],
+                          self.morf_curve[:, columns], self.lerf_curve[:, columns], self.clean,
+                          self.percentiles)
 
 
-def image_seed(seed: int, image_id: str) -> int:
-    """A stable per-image seed from the run seed and the image's id (not its batch slot),
-    so that an image gets the same permutation and noise in every job and rerun."""
-    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+def default_batch_size(device: torch.device) -> int:
+    """Perturbed images per forward pass (the memory bound)."""
+    return 512 if device.type == "cuda" else 8
 
 
-def check_percentiles(percentiles: Sequence[float]) -> tuple[float, ...]:
-    values = tuple(float(p) for p in percentiles)
-    if not values:
-        raise MetaCAMError("the ROAD percentile list is empty; give removal percentages in (0, 100)")
-    for p in values:
-        if not 0 < p < 100:
-            raise MetaCAMError(f"ROAD percentile {p:g} is outside (0, 100); it is the % of pixels removed")
-    return values
-
-
-def _check_saliency(x: Tensor, saliency: Tensor) -> Tensor:
-    """Saliency as (B, M, H, W); clear errors for shape mismatch and NaN."""
-    batch, _, height, width = x.shape
-    maps = saliency[:, None] if saliency.ndim == 3 else saliency
-    if maps.ndim != 4 or maps.shape[0] != batch or tuple(maps.shape[-2:]) != (height, width):
-        raise MetaCAMError(
-            f"saliency shape {tuple(saliency.shape)} does not match the images {tuple(x.shape)}; "
-            f"expected ({batch}, {height}, {width}) or ({batch}, M, {height}, {width})"
-        )
-    bad = torch.isnan(maps).flatten(2).any(-1)
-    if bool(bad.any()):
-        image, index = (int(v) for v in torch.nonzero(bad)[0])
-        raise MetaCAMError(
-            f"saliency map {index} of image {image} contains NaN; fix the map, it will not be scored"
-        )
-    return maps
-
-
-@torch.inference_mode()
-def target_probabilities(
-    net: nn.Module, x: Tensor, targets: Tensor, *, batch_size: int, stats: RoadStats | None = None
-) -> Tensor:
-    """Softmax probability of each image's target. x: (N, C, H, W); targets: (N,) -> (N,)."""
-    out = torch.empty(x.shape[0], device=x.device)
-    start_time = time.perf_counter()
-    for start in range(0, x.shape[0], batch_size):
-        logits = net(x[start : start + batch_size])
-        picked = targets[start : start + batch_size]
-        out[start : start + batch_size] = logits.float().softmax(-1).gather(1, picked[:, None])[:, 0]
-        if stats is not None:
-            stats.forward_passes += 1
-    if stats is not None:
-        _sync(x.device)
-        stats.forward_images += x.shape[0]
-        stats.forward_seconds += time.perf_counter() - start_time
-    return out
+def default_impute_batch(device: torch.device) -> int:
+    """Distinct masks imputed (and held as images) at once per image."""
+    return 4096 if device.type == "cuda" else 256
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def target_probabilities(
+    net: nn.Module, x: Tensor, targets: Tensor, *, batch_size: int, stats: RoadStats | None = None,
+    batches: Batches | None = None,
+) -> Tensor:
+    """Softmax probability of each image's target. x: (N, C, H, W); targets: (N,) -> (N,).
+
+    Runs ``batch_size`` images per pass (halved on CUDA out-of-memory, see metacam.batching).
+    """
+    out = torch.empty(x.shape[0], device=x.device)
+    started = time.perf_counter()
+    batches = batches or Batches(batch_size, "ROAD forward")
+    passes = 0
+
+    def forward(start: int, stop: int) -> None:
+        nonlocal passes
+        logits = net(x[start:stop])
+        out[start:stop] = logits.float().softmax(-1).gather(1, targets[start:stop, None])[:, 0]
+        passes += 1
+
+    batches.run(x.shape[0], forward)
+    if stats is not None:
+        _sync(x.device)
+        stats.forward_passes += passes
+        stats.forward_images += x.shape[0]
+        stats.forward_seconds += time.perf_counter() - started
+    return out
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The model and the images every score is measured against.
+
+    x: (B, C, H, W) normalised images; targets: (B,) long, the classes explained;
+    clean: (B,) softmax probability of each target on its clean image;
+    image_ids: one id per image (seeds its random streams); seed: the run seed.
+    """
+
+    net: nn.Module
+    x: Tensor
+    targets: Tensor
+    clean: Tensor
+    image_ids: tuple[str, ...]
+    seed: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        net: nn.Module,
+        x: Tensor,
+        targets: Tensor | Sequence[int] | None = None,
+        *,
+        image_ids: Sequence[str] | None = None,
+        seed: int = 0,
+        stats: RoadStats | None = None,
+    ) -> Probe:
+        """Targets (None: each image's top-1) and their clean probabilities, from one pass."""
+        if not isinstance(x, Tensor) or x.ndim != 4:
+            raise MetaCAMError(f"expected images (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+        ids = check_ids(image_ids, x.shape[0])
+        started = time.perf_counter()
+        with torch.inference_mode():
+            probs = net(x).float().softmax(-1)
+        if stats is not None:
+            _sync(x.device)
+            stats.forward_seconds += time.perf_counter() - started
+            stats.forward_passes += 1
+            stats.forward_images += x.shape[0]
+        if targets is None:
+            chosen = probs.argmax(1)
+        else:
+            chosen = torch.as_tensor(targets, device=x.device, dtype=torch.long).reshape(-1)
+            if chosen.numel() != x.shape[0]:
+                raise MetaCAMError(f"got {chosen.numel()} targets for {x.shape[0]} images; give one per image")
+            if bool(((chosen < 0) | (chosen >= probs.shape[1])).any()):
+                raise MetaCAMError(f"target classes must lie in 0..{probs.shape[1] - 1}, got {chosen.tolist()}")
+        clean = probs.gather(1, chosen[:, None])[:, 0]
+        return cls(net, x, chosen, clean, ids, seed)
+
+    def subset(self, indices: Sequence[int]) -> Probe:
+        index = list(indices)
+        return Probe(self.net, self.x[index], self.targets[index], self.clean[index],
+                     tuple(self.image_ids[i] for i in index), self.seed)
+
+    def seeds(self, stream: str) -> list[int]:
+        """One seed per image for ``stream`` (metacam.seeds.stream_seed)."""
+        return [stream_seed(self.seed, stream, i) for i in self.image_ids]
 
 
 def removal_counts(percentiles: Sequence[float], pixels: int) -> list[int]:
@@ -177,20 +241,118 @@ def _inclusive_masks(maps: Tensor, percentiles: Sequence[float]) -> Tensor:
 
 
 def _distinct(masks: Tensor) -> tuple[Tensor, Tensor]:
-    """Distinct rows of a (N, P) bool tensor and, per row, the index of its distinct row."""
+    """Distinct rows of a (N, P) bool tensor in order of first occurrence (related masks
+    stay neighbours, which the imputation's warm starts use) and, per row, the index
+    of its distinct row."""
     pixels = masks.shape[1]
     padded = torch.nn.functional.pad(masks, (0, (-pixels) % 8)).view(masks.shape[0], -1, 8)
     bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=masks.device)
     packed = (padded.to(torch.uint8) * bits).sum(-1, dtype=torch.uint8)
     _, inverse = torch.unique(packed, dim=0, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1,), masks.shape[0], device=masks.device)
+    n_distinct = int(inverse.max()) + 1
+    first = torch.full((n_distinct,), masks.shape[0], device=masks.device)
     first.scatter_reduce_(0, inverse, torch.arange(masks.shape[0], device=masks.device), "amin")
-    return masks[first], inverse
+    order = torch.argsort(first)  # distinct rows by first occurrence
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n_distinct, device=masks.device)
+    return masks[first[order]], rank[inverse]
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Perturbed images per forward pass (the memory bound)."""
-    return 512 if device.type == "cuda" else 8
+def impute_masks(image: Tensor, removed: Tensor) -> Tensor:
+    """Noise-free imputations of one image (C, H, W) under masks (M, H, W) -> (M, C, H, W)."""
+    return linear_impute(image.expand(removed.shape[0], -1, -1, -1), removed)
+
+
+def _check_maps(probe: Probe, maps: Tensor) -> Tensor:
+    """maps as (B, M, H, W) float; one-line errors for a shape mismatch or NaN."""
+    batch, _, height, width = probe.x.shape
+    if not isinstance(maps, Tensor) or maps.ndim != 4 or maps.shape[0] != batch or tuple(maps.shape[-2:]) != (height, width):
+        raise MetaCAMError(
+            f"saliency maps of shape {tuple(getattr(maps, 'shape', ()))} do not match the images "
+            f"{tuple(probe.x.shape)}; expected ({batch}, M, {height}, {width})"
+        )
+    bad = torch.isnan(maps).flatten(2).any(-1)
+    if bool(bad.any()):
+        image, index = (int(v) for v in torch.nonzero(bad)[0])
+        raise MetaCAMError(
+            f"saliency map {index} of image {image} contains NaN; fix the map, it will not be scored"
+        )
+    return maps.to(probe.x.device)
+
+
+def road_many(
+    probe: Probe,
+    maps: Tensor,
+    config: RoadConfig | None = None,
+    *,
+    stats: RoadStats | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> RoadScores:
+    """ROAD combined, MoRF and LeRF of M maps per image: maps (B, M, H, W) -> fields (B, M).
+
+    config: tie rule, percentiles, noise, seed streams and forward batch (RoadConfig).
+    stats: a RoadStats to accumulate timings into; progress: reports ROAD masks done.
+    """
+    config = (config or RoadConfig()).checked()
+    maps = _check_maps(probe, maps)
+    started = time.perf_counter()
+    stats = stats if stats is not None else RoadStats()
+    x = probe.x
+    batch, channels, height, width = x.shape
+    count_maps, pixels = maps.shape[1], height * width
+    device = x.device
+    steps = len(config.percentiles)
+    counts = removal_counts(config.percentiles, pixels)
+    forward = Batches(config.batch_size or default_batch_size(device), "ROAD forward")
+    chunks = Batches(default_impute_batch(device), "imputation")
+    permutation_seeds = probe.seeds(f"{config.stream}.permutation")
+    noise_seeds = probe.seeds(f"{config.stream}.noise")
+    after = torch.empty(batch, count_maps, 2 * steps, device=device)
+    progress.stage("ROAD masks", batch * count_maps * 2 * steps)
+
+    for b in range(batch):
+        permutation = torch.randperm(pixels, generator=torch.Generator().manual_seed(permutation_seeds[b]))
+        noise_field = torch.randn(channels, height, width, generator=torch.Generator().manual_seed(noise_seeds[b]))
+        noise_field = (noise_field * config.noise).to(device)
+        flat = maps[b].flatten(1).float()
+        masks = (
+            _random_tie_masks(flat, permutation.to(device), counts)
+            if config.ties == "random"
+            else _inclusive_masks(flat, config.percentiles)
+        ).reshape(-1, pixels)
+        distinct, inverse = _distinct(masks)
+        requested = torch.bincount(inverse, minlength=distinct.shape[0]).cpu()
+        stats.masks += masks.shape[0]
+        stats.unique_masks += distinct.shape[0]
+        probs = torch.empty(distinct.shape[0], device=device)
+
+        def score(start: int, stop: int, b: int = b) -> None:
+            removed = distinct[start:stop].view(-1, height, width)
+            tick = time.perf_counter()
+            perturbed = impute_masks(x[b], removed)
+            if config.noise > 0:
+                perturbed += noise_field * removed[:, None]
+            _sync(device)
+            stats.impute_seconds += time.perf_counter() - tick
+            target = probe.targets[b].expand(removed.shape[0])
+            probs[start:stop] = target_probabilities(probe.net, perturbed, target, batch_size=forward.size,
+                                                     stats=stats, batches=forward)
+            progress.advance(int(requested[start:stop].sum()))
+
+        chunks.run(distinct.shape[0], score)
+        after[b] = probs[inverse].view(count_maps, -1)
+
+    morf_curve, lerf_curve = after[..., :steps], after[..., steps:]
+    stats.total_seconds += time.perf_counter() - started
+    return RoadScores(
+        combined=(lerf_curve - morf_curve).mean(-1) / 2,
+        morf=morf_curve.mean(-1) - probe.clean[:, None],
+        lerf=lerf_curve.mean(-1) - probe.clean[:, None],
+        morf_curve=morf_curve,
+        lerf_curve=lerf_curve,
+        clean=probe.clean,
+        percentiles=tuple(config.percentiles),
+    )
 
 
 def road(
@@ -198,100 +360,31 @@ def road(
     x: Tensor,
     saliency: Tensor,
     targets: Tensor | Sequence[int] | None = None,
-    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    percentiles: Sequence[float] | None = None,
     *,
-    ties: str = "random",
-    noise: float = 0.01,
+    config: RoadConfig | None = None,
+    image_ids: Sequence[str] | None = None,
     seed: int = 0,
-    image_seeds: Sequence[int] | None = None,
-    batch_size: int | None = None,
-    impute_batch: int | None = None,
-    clean: Tensor | None = None,
     stats: RoadStats | None = None,
 ) -> RoadScores:
-    """ROAD combined, MoRF and LeRF of every map.
+    """ROAD of one map per image: saliency (B, H, W) -> combined, morf, lerf (B,).
 
-    x: (B, C, H, W) normalised images; saliency: (B, H, W) one map per image, or
-    (B, M, H, W) M maps per image (scores then (B, M)). targets: (B,) classes
-    (None: top-1). percentiles: removal percentages in (0, 100).
-    ties: "random" (seeded permutation, exact counts) or "inclusive" (grad-cam).
-    noise: std of the imputation noise (0 allowed). seed / image_seeds: the
-    permutation and noise of image b come from image_seeds[b] (default seed + b).
-    batch_size: images per forward pass; impute_batch: masks imputed at once
-    (both bound memory). clean: (B,) clean probabilities if already known.
-    stats: a RoadStats to accumulate timings into.
+    x: (B, C, H, W) normalised images; targets: (B,) classes (None: top-1);
+    percentiles: removal percentages in (0, 100) (default: config's, 20/40/60/80);
+    config: the rest of ROAD's settings (RoadConfig: ties, noise, streams, batch);
+    image_ids / seed: image b's permutation and noise come from the streams of
+    (seed, image_ids[b]) (default ids "0", "1", ...).
     """
-    if ties not in TIE_RULES:
-        raise MetaCAMError(f"ties={ties!r} is not a tie rule; use one of {', '.join(TIE_RULES)}")
-    percentiles = check_percentiles(percentiles)
-    maps = _check_saliency(x, saliency)
-    started = time.perf_counter()
-    stats = stats if stats is not None else RoadStats()
-    batch, channels, height, width = x.shape
-    count_maps, pixels = maps.shape[1], height * width
-    device = x.device
-    batch_size = batch_size or default_batch_size(device)
-    impute_batch = impute_batch or (4096 if device.type == "cuda" else 256)
-    seeds = list(image_seeds) if image_seeds is not None else [seed + b for b in range(batch)]
+    config = config or RoadConfig()
+    if percentiles is not None:
+        config = RoadConfig(**{**config.__dict__, "percentiles": list(check_percentiles(percentiles))})
+    if not isinstance(saliency, Tensor) or saliency.ndim != 3:
+        raise MetaCAMError(
+            f"road: saliency must be one map per image, (B, H, W), got shape "
+            f"{tuple(getattr(saliency, 'shape', ()))}; for several maps per image use road_many"
+        )
+    probe = Probe.of(net, x, targets, image_ids=image_ids, seed=seed, stats=stats)
+    return road_many(probe, saliency[:, None], config, stats=stats).map(0)
 
-    if targets is None:
-        tick = time.perf_counter()
-        with torch.inference_mode():  # top-1 and its probability from one clean pass
-            probs = net(x).float().softmax(-1)
-        _sync(device)
-        stats.forward_seconds += time.perf_counter() - tick
-        stats.forward_passes += 1
-        stats.forward_images += batch
-        chosen = probs.argmax(1)
-        clean = probs.gather(1, chosen[:, None])[:, 0] if clean is None else clean
-    else:
-        chosen = torch.as_tensor(targets, device=device, dtype=torch.long).reshape(batch)
-    if clean is None:
-        clean = target_probabilities(net, x, chosen, batch_size=batch_size, stats=stats)
-    counts = removal_counts(percentiles, pixels)
-    after = torch.empty(batch, count_maps, 2 * len(percentiles), device=device)
 
-    for b in range(batch):
-        generator = torch.Generator().manual_seed(seeds[b])
-        permutation = torch.randperm(pixels, generator=generator).to(device)
-        noise_field = (torch.randn(channels, height, width, generator=generator) * noise).to(device)
-        flat = maps[b].flatten(1).float()
-        masks = (
-            _random_tie_masks(flat, permutation, counts)
-            if ties == "random"
-            else _inclusive_masks(flat, percentiles)
-        ).reshape(-1, pixels)
-        distinct, inverse = _distinct(masks)
-        stats.masks += masks.shape[0]
-        stats.unique_masks += distinct.shape[0]
-        probs = torch.empty(distinct.shape[0], device=device)
-        for start in range(0, distinct.shape[0], impute_batch):
-            removed = distinct[start : start + impute_batch].view(-1, height, width)
-            tick = time.perf_counter()
-            perturbed = linear_impute(x[b].expand(removed.shape[0], -1, -1, -1), removed)
-            if noise > 0:
-                perturbed += noise_field * removed[:, None]
-            _sync(device)
-            stats.impute_seconds += time.perf_counter() - tick
-            target = chosen[b].expand(removed.shape[0])
-            probs[start : start + removed.shape[0]] = target_probabilities(
-                net, perturbed, target, batch_size=batch_size, stats=stats
-            )
-        after[b] = probs[inverse].view(count_maps, -1)
-
-    steps = len(percentiles)
-    morf_curve, lerf_curve = after[..., :steps], after[..., steps:]
-    morf = morf_curve.mean(-1) - clean[:, None]
-    lerf = lerf_curve.mean(-1) - clean[:, None]
-    combined = (lerf_curve - morf_curve).mean(-1) / 2
-    stats.total_seconds += time.perf_counter() - started
-    squeeze = saliency.ndim == 3
-    return RoadScores(
-        combined=combined[:, 0] if squeeze else combined,
-        morf=morf[:, 0] if squeeze else morf,
-        lerf=lerf[:, 0] if squeeze else lerf,
-        morf_curve=morf_curve[:, 0] if squeeze else morf_curve,
-        lerf_curve=lerf_curve[:, 0] if squeeze else lerf_curve,
-        clean=clean,
-        percentiles=percentiles,
-    )
+__all__ = ["Probe", "RoadScores", "RoadStats", "relevance_ranks", "road", "road_many"]

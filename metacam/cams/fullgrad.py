@@ -9,6 +9,7 @@ from torch import Tensor
 
 from metacam.cams.capture import SharedPass
 from metacam.cams.postprocess import normalise, upsample
+from metacam.cams.registry import INPUT, MemberInput, member
 
 
 def _channel_normalised_sum(maps: Tensor) -> Tensor:
@@ -35,6 +36,17 @@ def fullgrad(p: SharedPass, x: Tensor) -> Tensor:
         layer_term = _channel_normalised_sum((bias[None, :, None, None] * grad).abs())
         total = total + upsample(layer_term, size)
     return normalise(total)
+
+
+@member(
+    "fullgrad",
+    label="FullGrad",
+    paper="arXiv:1905.00780",
+    resolution=INPUT,
+    needs_bias_gradients=True,
+)
+def _fullgrad_member(inp: MemberInput) -> Tensor:
+    return fullgrad(inp.shared, inp.x)
 
 
 __all__ = ["fullgrad"]

@@ -12,9 +12,54 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metacam.cams.gradient import _weighted_sum
+from metacam.cams.gradient import weighted_sum
+from metacam.cams.registry import MemberInput, member
 
 ABLATION_OFFSET = 1e7  # grad-cam's ablation value below the minimum for signed layers
+
+
+def default_batch_size(device: torch.device) -> int:
+    """ScoreCAM's masked images per forward pass: small on CPU (cache-friendly), large on GPU."""
+    return 128 if device.type == "cuda" else 8
+
+
+def default_ablation_batch(device: torch.device) -> int:
+    """AblationCAM's ablated copies per pass: only the layers after the target run on
+    them (the prefix runs once per chunk), so chunks can be large."""
+    return 1024 if device.type == "cuda" else 256
+
+
+@member(
+    "scorecam", label="Score-CAM", paper="arXiv:1910.01279", own_passes=True
+)
+def _scorecam_member(inp: MemberInput) -> Tensor:
+    return scorecam(
+        inp.net,
+        inp.x,
+        inp.shared.activations,
+        inp.shared.targets,
+        batch_size=inp.options.batch_size or default_batch_size(inp.x.device),
+        progress=inp.progress,
+    )
+
+
+@member(
+    "ablationcam",
+    label="Ablation-CAM",
+    paper="doi:10.1109/WACV45572.2020.9093360",
+    own_passes=True,
+)
+def _ablationcam_member(inp: MemberInput) -> Tensor:
+    return ablationcam(
+        inp.net,
+        inp.x,
+        inp.target_layer,
+        inp.shared.activations,
+        inp.shared.logits,
+        inp.shared.targets,
+        batch_size=inp.options.ablation_batch or default_ablation_batch(inp.x.device),
+        progress=inp.progress,
+    )
 
 
 @torch.no_grad()
@@ -67,7 +112,7 @@ def scorecam(
                 progress(idx.numel())
         if progress is not None:
             progress(int(constant.sum()))
-    return _weighted_sum(torch.softmax(scores, dim=1), activations)
+    return weighted_sum(torch.softmax(scores, dim=1), activations)
 
 
 class _ReplaceOutput:
@@ -139,7 +184,7 @@ def ablationcam(
                 progress(int(unchanged.sum()))
     finally:
         handle.remove()
-    return _weighted_sum(weights, activations)
+    return weighted_sum(weights, activations)
 
 
 class _Tail:

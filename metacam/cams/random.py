@@ -5,7 +5,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from metacam.cams.gradient import _weighted_sum
+from metacam.cams.gradient import weighted_sum
+from metacam.cams.registry import MemberInput, member
 
 
 def randomcam(activations: Tensor, seeds: Sequence[int]) -> Tensor:
@@ -14,7 +15,7 @@ def randomcam(activations: Tensor, seeds: Sequence[int]) -> Tensor:
 
     activations: (B, K, h, w); seeds: B integers -> (B, h, w).
     """
-    batch, channels = activations.shape[:2]
+    channels = activations.shape[1]
     weights = torch.stack(
         [
             torch.rand(
@@ -23,4 +24,15 @@ def randomcam(activations: Tensor, seeds: Sequence[int]) -> Tensor:
             for seed in seeds
         ]
     )
-    return _weighted_sum((weights * 2 - 1).to(activations), activations)
+    return weighted_sum((weights * 2 - 1).to(activations), activations)
+
+
+@member(
+    "randomcam",
+    label="RandomCAM",
+    paper="control: U(-1,1) channel weights",
+    seeded=True,
+    control=True,
+)
+def _randomcam_member(inp: MemberInput) -> Tensor:
+    return randomcam(inp.shared.activations, inp.seeds)

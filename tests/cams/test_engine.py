@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from metacam.cams import MEMBERS, compute_members, member_cams, resolve_methods
+from metacam.cams import MEMBERS, MemberOptions, compute_members, member_cams, resolve_methods
 from metacam.errors import MetaCAMError
 from tests.cams.oracle import max_abs_diff, oracle_map
 
@@ -64,7 +64,7 @@ def test_ablation_runs_the_prefix_once_per_chunk(tiny_resnet, resnet_input):
             resnet_input,
             tiny_resnet.layer4[-1],
             methods=["ablationcam"],
-            ablation_batch=100,
+            options=MemberOptions(ablation_batch=100),
         )
     finally:
         stem.handle.remove()

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from metacam.cams import MEMBERS, member_cams
+from metacam.cams import MEMBERS, MemberOptions, member_cams
 from tests.cams.oracle import max_abs_diff, oracle_map
 
 TOLERANCE = 1e-4
@@ -61,7 +61,7 @@ def coffee_96(lite0):
 
 @pytest.fixture(scope="module")
 def lite0_maps(lite0, coffee_96):
-    return member_cams(lite0.net, coffee_96, lite0.target_layer, fullgrad_bn_subclasses=False)
+    return member_cams(lite0.net, coffee_96, lite0.target_layer, options=MemberOptions(fullgrad_bn_subclasses=False))
 
 
 @pytest.mark.slow

@@ -1,0 +1,143 @@
+"""One config object per concept, each default written once.
+
+These plain dataclasses are what the Python API, ``metacam explain`` and the sweep
+use; ``metacam.experiments`` registers them as Hydra's structured schema, so the
+YAML files under ``conf/`` only say what differs from these defaults.
+(This module never imports Hydra or OmegaConf.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from metacam.errors import MetaCAMError
+
+TIE_RULES = ("random", "inclusive")
+"""How ROAD orders pixels of equal relevance: ``random`` breaks ties by one seeded
+permutation per image, so exactly p% is removed (DESIGN's ROAD); ``inclusive`` removes
+every pixel tied with the cut-off, pytorch-grad-cam's rule (the paper's numbers)."""
+
+
+def check_percentiles(percentiles: Sequence[float], what: str = "ROAD percentile") -> tuple[float, ...]:
+    """Removal percentages, each in (0, 100), at least one."""
+    values = tuple(float(p) for p in percentiles)
+    if not values:
+        raise MetaCAMError(f"the {what} list is empty; give removal percentages in (0, 100)")
+    for p in values:
+        if not 0 < p < 100:
+            raise MetaCAMError(f"{what} {p:g} is outside (0, 100); it is the % of pixels removed")
+    return values
+
+
+@dataclass
+class RoadConfig:
+    """ROAD (Remove And Debias) as one object (DESIGN §2).
+
+    ties: ``random`` or ``inclusive`` (:data:`TIE_RULES`).
+    percentiles: removal percentages p in (0, 100).
+    noise: std of the Gaussian noise added to imputed pixels (0 allowed).
+    stream: prefix of the seed streams of the tie permutation and the noise
+        (``<stream>.permutation``, ``<stream>.noise``; see metacam.seeds).
+    batch_size: perturbed images per forward pass (None: 8 on CPU, 512 on CUDA).
+    """
+
+    ties: str = "random"
+    percentiles: list[float] = field(default_factory=lambda: [20.0, 40.0, 60.0, 80.0])
+    noise: float = 0.01
+    stream: str = "road"
+    batch_size: int | None = None
+
+    def checked(self) -> RoadConfig:
+        """This config validated (one-line MetaCAMError per problem), percentiles as floats."""
+        if self.ties not in TIE_RULES:
+            raise MetaCAMError(f"ROAD ties={self.ties!r} is not a tie rule; use one of {', '.join(TIE_RULES)}")
+        if not self.noise >= 0:
+            raise MetaCAMError(f"ROAD noise {self.noise} must be a standard deviation >= 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise MetaCAMError(f"ROAD batch_size {self.batch_size} must be at least 1")
+        return replace(self, percentiles=list(check_percentiles(self.percentiles)))
+
+
+@dataclass
+class HeldoutConfig:
+    """The held-out re-scoring of every chosen (k*) and plain (k = 100) map: ROAD with
+    the same tie rule and noise level but its own draw and, by default, percentiles
+    disjoint from the in-sample ones (DESIGN §2, held-out scores).
+
+    stream: its seed streams' prefix; ``road`` would repeat the in-sample draw (only
+    useful to test that the re-scoring path is the same ROAD).
+    """
+
+    enabled: bool = True
+    percentiles: list[float] = field(default_factory=lambda: [10.0, 30.0, 50.0, 70.0, 90.0])
+    stream: str = "heldout"
+
+    def road(self, insample: RoadConfig) -> RoadConfig:
+        """The ROAD config of the re-scoring."""
+        return replace(insample, percentiles=list(check_percentiles(self.percentiles, "held-out percentile")),
+                       stream=self.stream).checked()
+
+
+DEFAULT_KS: tuple[float, ...] = tuple(float(k) for k in range(5, 101, 5))
+"""Adaptive thresholding's default grid {5, 10, ..., 100} (DESIGN §2)."""
+
+
+def check_ks(ks: Sequence[float] | float) -> list[float]:
+    """Validate threshold percentages: each in (0, 100], at least one."""
+    values = [float(ks)] if isinstance(ks, int | float) else [float(k) for k in ks]
+    if not values:
+        raise MetaCAMError("the k grid is empty; give at least one threshold in (0, 100]")
+    for k in values:
+        if not 0 < k <= 100:
+            raise MetaCAMError(f"k={k:g} is outside (0, 100]; k is the percentage of pixels kept")
+    return values
+
+
+@dataclass
+class ModelConfig:
+    """Which network (see metacam.models.load_model): a built-in name, a torchvision
+    name, or ``package.module:factory``; its layer, weights and preprocessing."""
+
+    name: str = "efficientnet_lite0"
+    layer: str | None = None
+    checkpoint: str | None = None
+    categories: str | None = None
+    num_classes: int | None = None
+    pretrained: bool = True
+    seed: int = 0  # weights seed when pretrained is false
+    input_size: list[int] | None = None
+
+
+@dataclass
+class DataConfig:
+    """Which images and which classes to explain, and how they are split into work.
+
+    images: files, folders, ``sample:NAME`` or ``samples`` (the four distinct bundled photos).
+    target: ``top1`` (each image's most probable class), ``topN`` (the N most probable,
+        each its own unit), ``label`` (from ``labels``, a CSV with columns image,label),
+        a class index, or a list of class indices (each its own unit).
+    images_per_unit: images per result file (the unit of resume).
+    shard_index / shard_count: this job's share of the units (unit i goes to shard
+        i mod shard_count), so every shard of a study writes into one dataset.
+    """
+
+    images: list[str] = field(default_factory=lambda: ["samples"])
+    labels: str | None = None
+    target: Any = "top1"
+    images_per_unit: int = 1
+    shard_index: int = 0
+    shard_count: int = 1
+
+
+__all__ = [
+    "DEFAULT_KS",
+    "TIE_RULES",
+    "DataConfig",
+    "HeldoutConfig",
+    "ModelConfig",
+    "RoadConfig",
+    "check_ks",
+    "check_percentiles",
+]
