@@ -1,8 +1,8 @@
-"""Analysis of a MetaCAM results dataset (DESIGN §2-3): Cumulative Residual Effect,
-factorial effects, paper tables and figures, from Parquet alone.
+"""Analysis of a MetaCAM results dataset (DESIGN §2-3): held-out paired evidence,
+Cumulative Residual Effect, factorial effects, per-model tables and figures, from Parquet alone.
 
 This package never imports torch. Public names are imported lazily so that
-``import analysis`` stays cheap (pandas, statsmodels and matplotlib load on use).
+``import metacam.analysis`` stays cheap (pandas, statsmodels and matplotlib load on use).
 """
 
 from importlib import import_module
@@ -21,14 +21,15 @@ _EXPORTS = {
     "ScoreSpec": "metacam.analysis.scores",
     "parse_score": "metacam.analysis.scores",
     "select_scores": "metacam.analysis.scores",
-    "experiment_summary": "metacam.analysis.cre",
+    "ClusterBootstrap": "metacam.analysis.bootstrap",
     "cre": "metacam.analysis.cre",
     "cre_curves": "metacam.analysis.cre",
     "cre_per_unit": "metacam.analysis.cre",
+    "cre_identity": "metacam.analysis.cre",
     "main_effect_contrasts": "metacam.analysis.cre",
-    "cre_ols_identity": "metacam.analysis.cre",
-    "fit_factorial": "metacam.analysis.stats",
-    "FactorialFit": "metacam.analysis.stats",
+    "fit_factorial": "metacam.analysis.factorial",
+    "FactorialFit": "metacam.analysis.factorial",
+    "make_groups": "metacam.analysis.synthetic",
     "synthetic_results": "metacam.analysis.synthetic",
     "write_results": "metacam.analysis.synthetic",
     "write_synthetic": "metacam.analysis.synthetic",
@@ -41,4 +42,4 @@ __all__ = ["AnalysisError", *_EXPORTS]
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    raise AttributeError(f"module 'metacam.analysis' has no attribute {name!r}")

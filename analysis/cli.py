@@ -1,4 +1,4 @@
-"""``metacam analyze RESULTS_DIR [--out DIR] ...`` (also ``python -m analysis``).
+"""``metacam analyze RESULTS_DIR [--out DIR] ...`` (also ``python -m metacam.analysis``).
 
 User errors print one line, ``metacam analyze: error: <what and what to do>``,
 on stderr and return 2; no traceback.
@@ -12,6 +12,8 @@ import sys
 from typing import NoReturn
 
 from metacam.analysis.errors import AnalysisError
+from metacam.analysis.metrics import METRICS
+from metacam.analysis.settings import DEFAULT_REPLICATES, DEFAULT_SEED
 
 PROG = "metacam analyze"
 
@@ -26,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Cumulative Residual Effect, factorial effects, paper tables and figures "
+        description="Held-out evidence (does MetaCAM beat every single CAM and the controls?), "
+                    "Cumulative Residual Effect, factorial effects, per-model tables and figures "
                     "from a MetaCAM results dataset (a folder of Parquet files).",
     )
     parser.add_argument("results_dir", metavar="RESULTS_DIR",
@@ -34,14 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output folder (default: RESULTS_DIR/analysis)")
     parser.add_argument("--score", default="adaptive", metavar="adaptive|plain|k=K",
-                        help="score per unit: ROAD at the adaptive k* (default), the plain map "
-                             "(k = 100), or at a fixed k")
-    parser.add_argument("--metric", default="combined", choices=["combined", "morf", "lerf"],
-                        help="ROAD variant (default combined; for morf lower is better)")
+                        help="score per unit: the map at its adaptive k* (default), the plain map "
+                             "(k = 100), or at a fixed k (in-sample ROAD only)")
+    parser.add_argument("--metric", default="combined", metavar="|".join(METRICS),
+                        help="ROAD combined (default), morf or lerf, or the second metric's deletion or "
+                             "insertion AUC; for morf and deletion lower is better")
+    parser.add_argument("--in-sample", action="store_true",
+                        help="compare on in-sample ROAD (the draw that chose k*: optimistic) instead of the "
+                             "held-out re-scoring")
     parser.add_argument("--interactions", action="store_true",
-                        help="add all two-way group interactions to the OLS model")
+                        help="add all two-way group interactions to the OLS model (Holm-corrected tests)")
     parser.add_argument("--sweep-id", default=None,
                         help="the sweep to analyse when the dataset holds several")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES, metavar="N",
+                        help=f"cluster-bootstrap replicates (default {DEFAULT_REPLICATES})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"seed of the cluster bootstrap (default {DEFAULT_SEED})")
     return parser
 
 
@@ -65,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = analyze(args.results_dir, args.out, score=args.score, metric=args.metric,
-                         interactions=args.interactions, sweep_id=args.sweep_id)
+                         in_sample=args.in_sample, interactions=args.interactions, sweep_id=args.sweep_id,
+                         replicates=args.bootstrap, seed=args.seed)
     except AnalysisError as error:
         return _error(error)
     try:

@@ -1,5 +1,12 @@
 """Read a results dataset (DESIGN §3): every ``*.parquet`` under a folder, checked.
 
+The group definition (names, order, members, which are controls) is read from
+the files' metadata (``metacam.schema.read_file_metadata``); files without it
+fall back to their ``g_<group>`` columns in schema order, with no controls.
+The ROAD tie rule comes from the optional ``road_ties`` column, else the older
+``road_mode`` (default -> random, paper -> inclusive), else the metadata's
+provenance, else :data:`DEFAULT_TIES`; the report says which.
+
 Only the rows the analysis can use are converted to pandas: rows with
 ``status == "ok"`` that are the adaptive choice (``is_best_k``) or sit at one
 of the requested k values. Failed rows are kept aside to be counted and listed.
@@ -9,6 +16,7 @@ size of the k grid.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,24 +28,37 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from metacam.analysis.design import FLAG_PREFIX, groups_from_columns
 from metacam.analysis.errors import AnalysisError
-from metacam.groups import GROUP_KEYS
-from metacam.schema import GROUP_COLUMNS, RESULTS_SCHEMA
+from metacam.groups import GroupError, GroupSet
+from metacam.schema import KINDS, REQUIRED_COLUMNS, read_file_metadata, results_schema
 
-N_COMBOS = 2 ** len(GROUP_KEYS)
-SCORE_COLUMNS: tuple[str, ...] = ("road_combined", "road_morf", "road_lerf")
+KEY_COLUMNS: tuple[str, ...] = ("sweep_id", "kind", "combo_id", "method")
 UNIT_COLUMNS: tuple[str, ...] = ("model", "image_id", "target_class")
-
-ANALYSIS_COLUMNS: tuple[str, ...] = (
-    "sweep_id", "kind", "combo_id", "method", *GROUP_COLUMNS, *UNIT_COLUMNS,
-    "k", *SCORE_COLUMNS, "is_best_k", "road_mode", "status",
+"""A unit: one (model, image, target). Scores of one unit are paired across methods."""
+CLUSTER_COLUMNS: tuple[str, ...] = ("model", "image_id")
+"""A cluster: one image under one model (its targets are correlated units)."""
+SCORE_COLUMNS: tuple[str, ...] = (
+    "road_combined", "road_morf", "road_lerf",
+    "road_heldout_combined", "road_heldout_morf", "road_heldout_lerf",
+    "deletion_auc", "insertion_auc",
+)  # fmt: skip
+READ_COLUMNS: tuple[str, ...] = (
+    *KEY_COLUMNS, *UNIT_COLUMNS, "target_rank", "k", *SCORE_COLUMNS, "is_best_k", "status",
 )
-"""The columns of RESULTS_SCHEMA the analysis reads; a file lacking any of them is refused.
-Provenance columns (device, seed, ...) are not needed to regenerate the analysis."""
+"""The DESIGN §3 columns the analysis reads (besides one g_<group> per group); a file
+lacking any of them is refused. Every other column is optional."""
+assert set(READ_COLUMNS) <= set(REQUIRED_COLUMNS)
 
-FAILED_COLUMNS: tuple[str, ...] = ("sweep_id", "kind", "combo_id", "method", *UNIT_COLUMNS, "k", "status")
-_DICT = pa.dictionary(pa.int32(), pa.string())
+TIES_COLUMN = "road_ties"
+LEGACY_MODE_COLUMN = "road_mode"
+LEGACY_MODES = {"default": "random", "paper": "inclusive"}
+DEFAULT_TIES = "random"
+FAILED_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS[1:], *UNIT_COLUMNS, "target_rank", "k", "status")
 K_TOLERANCE = 1e-3  # k is float32 on disk; "k=12.5" must match 12.5 stored as float32
+
+_FIELDS = {f.name: f for f in results_schema(())}
+_DICT = pa.dictionary(pa.int32(), pa.string())
 
 
 @dataclass(frozen=True)
@@ -46,16 +67,21 @@ class Dataset:
 
     Attributes:
         root: the folder that was read.
-        files: the Parquet files read, sorted.
-        rows: ok rows kept for scoring (adaptive choices and requested k),
-            with a ``unit`` column (int code of model × image_id × target_class).
-        units: one row per unit code: model, image_id, target_class.
-        failed: rows with ``status != "ok"`` (key columns, k, status).
+        files: the Parquet files of this sweep, sorted.
+        rows: ok rows kept for scoring (adaptive choices and requested k):
+            kind, combo_id, method, k, is_best_k, the score columns and ``unit``.
+        units: index ``unit`` (int code); columns model, image_id, target_class,
+            target_rank (nullable), cluster (int code of model × image_id).
+        failed: rows with ``status != "ok"`` (FAILED_COLUMNS).
         n_rows: rows of this sweep in the files (ok or not, all k).
         sweep_id: the sweep analysed.
-        road_mode: its ROAD mode (``default`` or ``paper``).
+        groups: the group definition (names in combo_id bit order, members, controls).
+        groups_source: ``metadata`` or ``columns`` (fallback: no metadata in the files).
+        ties: the ROAD tie rule, ``random`` or ``inclusive``.
+        ties_source: where ``ties`` came from (column, legacy column, metadata or default).
+        provenance: the metadata's provenance record (empty without metadata).
         k_values: the k values present among its ok rows, sorted.
-        other_kinds: row counts of ``kind`` values other than metacam/single (ignored).
+        other_kinds: row counts of ``kind`` values the analysis does not know (ignored).
     """
 
     root: Path
@@ -65,16 +91,33 @@ class Dataset:
     failed: pd.DataFrame
     n_rows: int
     sweep_id: str
-    road_mode: str
+    groups: GroupSet
+    groups_source: str
+    ties: str
+    ties_source: str
+    provenance: dict
     k_values: tuple[float, ...]
     other_kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.units["cluster"].nunique())
+
+
+@dataclass(frozen=True)
+class _FileInfo:
+    path: Path
+    columns: tuple[str, ...]
+    metadata: dict | None
+    sweep_ids: frozenset[str]
 
 
 def find_parquet_files(root: str | Path, exclude: Iterable[str | Path] = ()) -> list[Path]:
     """Every ``*.parquet`` under ``root``, recursively, sorted.
 
-    Skips hidden files and folders (a leading dot), names ending in ``.tmp``
-    (files being written) and the folders in ``exclude`` (the analysis output).
+    Skips hidden files and folders (a leading dot, e.g. ``.unit-*.partial.parquet``),
+    names ending in ``.tmp`` (files being written), ``_manifest`` folders and the
+    folders in ``exclude`` (the analysis output).
     """
     root = Path(root)
     excluded = {Path(p).resolve() for p in exclude}
@@ -84,13 +127,18 @@ def find_parquet_files(root: str | Path, exclude: Iterable[str | Path] = ()) -> 
         # Prune in place so os.walk does not descend into skipped folders.
         dirs[:] = sorted(
             d for d in dirs
-            if not d.startswith(".") and not d.endswith(".tmp") and (here / d).resolve() not in excluded
+            if not d.startswith(".") and not d.endswith(".tmp") and d != "_manifest"
+            and (here / d).resolve() not in excluded
         )
         found.extend(
             here / f for f in files
             if f.endswith(".parquet") and not f.startswith(".") and not f.endswith(".tmp")
         )
     return sorted(found)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _check_folder(root: Path, exclude: Sequence[Path]) -> list[Path]:
@@ -104,61 +152,141 @@ def _check_folder(root: Path, exclude: Sequence[Path]) -> list[Path]:
     if not any(root.iterdir()):
         raise AnalysisError(f"results folder '{root}' is empty; run `metacam sweep` first or pass the folder it wrote to")
     raise AnalysisError(
-        f"no Parquet files (*.parquet) under '{root}' (hidden files, *.tmp and the output folder are skipped); "
-        "pass the folder the sweep wrote its results to"
+        f"no Parquet files (*.parquet) under '{root}' (hidden files, *.tmp, _manifest and the output folder "
+        "are skipped); pass the folder the sweep wrote its results to"
     )
 
 
-def _check_columns(files: Sequence[Path], root: Path, columns: Sequence[str]) -> None:
-    """Every file must be Parquet and hold ``columns``; one error naming what is missing where."""
+def _survey(path: Path, root: Path) -> _FileInfo:
+    """A file's columns, metadata and sweep ids (reads one column)."""
+    try:
+        schema = pq.read_schema(path)
+        sweep_ids: frozenset[str] = frozenset()
+        if "sweep_id" in schema.names:
+            column = pq.read_table(path, columns=["sweep_id"])["sweep_id"]
+            values = pc.unique(pc.cast(column, pa.string())).to_pylist()
+            sweep_ids = frozenset("(null)" if v is None else str(v) for v in values)
+    except (pa.ArrowException, OSError) as error:
+        raise AnalysisError(f"cannot read '{path.relative_to(root)}' as Parquet ({_first_line(error)}); "
+                            "delete it or rerun the job that wrote it") from None
+    return _FileInfo(path, tuple(schema.names), read_file_metadata(schema), sweep_ids)
+
+
+def _check_columns(infos: Sequence[_FileInfo], root: Path, flags: Sequence[str]) -> None:
+    """Every file must hold READ_COLUMNS and the sweep's flag columns; one error naming what is missing where."""
     lacking: dict[tuple[str, ...], list[Path]] = {}
-    for path in files:
-        try:
-            present = set(pq.read_schema(path).names)
-        except (pa.ArrowException, OSError) as error:
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise AnalysisError(f"cannot read '{path.relative_to(root)}' as Parquet ({first}); "
-                                "delete it or rerun the job that wrote it") from None
-        missing = tuple(c for c in columns if c not in present)
+    for info in infos:
+        missing = tuple(c for c in (*READ_COLUMNS, *flags) if c not in info.columns)
         if missing:
-            lacking.setdefault(missing, []).append(path)
+            lacking.setdefault(missing, []).append(info.path)
     if lacking:
         missing, paths = max(lacking.items(), key=lambda item: len(item[1]))
         others = sum(len(p) for p in lacking.values()) - 1
         where = f"'{paths[0].relative_to(root)}'" + (f" and {others} other file(s)" if others else "")
         raise AnalysisError(
             f"{where} lack(s) required column(s) {', '.join(missing)}; "
-            "the analysis needs the results schema of DESIGN §3 (metacam/schema.py)"
+            "the analysis needs the results columns of DESIGN §3 (metacam/schema.py)"
         )
 
 
-def _read_file(path: Path, root: Path, columns: Sequence[str], schema: pa.Schema) -> pa.Table:
-    """One file's analysis columns, cast to the schema's types."""
-    name = path.relative_to(root)
+def _choose_sweep(infos: Sequence[_FileInfo], requested: str | None) -> str:
+    """The single sweep to analyse, or a clear error listing the choices."""
+    present = sorted(set().union(*(info.sweep_ids for info in infos)))
+    if not present:
+        raise AnalysisError(f"the {len(infos)} Parquet file(s) hold no rows; rerun the sweep")
+    if requested is not None:
+        if requested not in present:
+            raise AnalysisError(f"--sweep-id '{requested}' is not in the dataset; sweeps present: {', '.join(present)}")
+        return requested
+    if len(present) > 1:
+        raise AnalysisError(f"the dataset holds {len(present)} sweeps ({', '.join(present)}); choose one with --sweep-id")
+    return present[0]
+
+
+def _read_groups(infos: Sequence[_FileInfo], root: Path, sweep: str) -> tuple[GroupSet, str]:
+    """The sweep's group definition from the file metadata, or from the flag columns."""
+    recorded = {json.dumps(info.metadata["groups"], sort_keys=True): info
+                for info in infos if info.metadata and "groups" in info.metadata}
+    if len(recorded) > 1:
+        examples = ", ".join(f"'{info.path.relative_to(root)}'" for info in list(recorded.values())[:2])
+        raise AnalysisError(f"files of sweep '{sweep}' record different group definitions (e.g. {examples}); "
+                            "a sweep has one set of groups — write each under its own sweep_id")
+    if recorded:
+        text, info = next(iter(recorded.items()))
+        try:
+            return GroupSet.from_json(json.loads(text)), "metadata"
+        except (GroupError, KeyError, TypeError, AttributeError) as error:
+            raise AnalysisError(f"'{info.path.relative_to(root)}' records an unusable group definition "
+                                f"({_first_line(error)}); rewrite it with metacam/schema.py") from None
+    layouts = {tuple(c for c in info.columns if c.startswith(FLAG_PREFIX)) for info in infos}
+    names = max(layouts, key=len)
+    if not names:
+        raise AnalysisError(f"'{infos[0].path.relative_to(root)}' has no group flag columns (g_<group>) and no "
+                            "group metadata; the analysis needs the results schema of DESIGN §3")
+    return groups_from_columns([c[len(FLAG_PREFIX):] for c in names]), "columns"
+
+
+def _ties_column(table: pa.Table, info: _FileInfo) -> tuple[pa.ChunkedArray, str]:
+    """The tie rule of each row and where it came from."""
+    n = len(table)
+    if TIES_COLUMN in info.columns:
+        return pc.cast(table[TIES_COLUMN], pa.string()), f"column {TIES_COLUMN}"
+    if LEGACY_MODE_COLUMN in info.columns:
+        modes = pc.cast(table[LEGACY_MODE_COLUMN], pa.string())
+        mapped = modes
+        for old, new in LEGACY_MODES.items():
+            mapped = pc.if_else(pc.equal(mapped, old), new, mapped)
+        return mapped, f"column {LEGACY_MODE_COLUMN} (default -> random, paper -> inclusive)"
+    provenance = (info.metadata or {}).get("provenance") or {}
+    if isinstance(provenance, dict) and provenance.get("ties") is not None:
+        return pa.chunked_array([pa.array([str(provenance["ties"])] * n, pa.string())]), "file metadata"
+    return pa.chunked_array([pa.nulls(n, pa.string())]), f"not recorded: assumed '{DEFAULT_TIES}'"
+
+
+def _read_file(info: _FileInfo, root: Path, flags: Sequence[str]) -> pa.Table:
+    """One file's analysis columns, cast to the schema's types (strings as dictionaries)."""
+    columns = [*READ_COLUMNS, *flags]
+    optional = [c for c in (TIES_COLUMN, LEGACY_MODE_COLUMN) if c in info.columns]
+    target = pa.schema(
+        [(_FIELDS[c].name, _DICT if _FIELDS[c].type == pa.string() else _FIELDS[c].type) for c in READ_COLUMNS]
+        + [(c, pa.bool_()) for c in flags]
+        + [(c, pa.string()) for c in optional]
+    )
     try:
-        # Strings read as dictionaries: ~4x faster than materialising millions of repeated ids.
-        strings = [f.name for f in schema if pa.types.is_dictionary(f.type)]
-        return pq.read_table(path, columns=list(columns), read_dictionary=strings).cast(schema)
+        table = pq.read_table(info.path, columns=columns + optional)
+        return table.select(target.names).cast(target)
     except (pa.ArrowException, OSError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise AnalysisError(f"cannot read '{name}' with the schema's column types ({first}); "
-                            "rewrite it with metacam/schema.py's RESULTS_SCHEMA") from None
+        raise AnalysisError(f"cannot read '{info.path.relative_to(root)}' with the schema's column types "
+                            f"({_first_line(error)}); rewrite it with metacam/schema.py") from None
 
 
 def _near(values: pa.ChunkedArray, k: float) -> pa.ChunkedArray:
     return pc.less_equal(pc.abs(pc.subtract(pc.cast(values, pa.float64()), k)), K_TOLERANCE)
 
 
-def _choose(values: pd.Series, requested: str | None, what: str) -> str:
-    """The single sweep to analyse, or a clear error listing the choices."""
-    present = sorted(values.fillna("(null)").astype(str).unique())
-    if requested is not None:
-        if requested not in present:
-            raise AnalysisError(f"--sweep-id '{requested}' is not in the dataset; {what} present: {', '.join(present)}")
-        return requested
-    if len(present) > 1:
-        raise AnalysisError(f"the dataset holds {len(present)} sweeps ({', '.join(present)}); choose one with --sweep-id")
-    return present[0]
+def _flag_mismatches(table: pa.Table, groups: GroupSet) -> tuple[int, list, int, list[int]]:
+    """MetaCAM rows whose combo_id is outside 0..2^G-1, or whose g_* flags differ from its bits.
+
+    Returns (n out of range, examples, n mismatched, examples).
+    """
+    metacam = table.filter(pc.fill_null(pc.equal(table["kind"], "metacam"), False))
+    if not len(metacam):
+        return 0, [], 0, []
+    combo = pc.cast(metacam["combo_id"], pa.int64())
+    outside = pc.fill_null(pc.or_(pc.less(combo, 0), pc.greater_equal(combo, groups.n_combos)), True)
+    n_outside = int(pc.sum(outside).as_py() or 0)
+    bad = [] if not n_outside else pc.unique(pc.filter(combo, outside)).to_pylist()[:5]
+    bad = ["null" if b is None else b for b in bad]
+    inside = pc.invert(outside)
+    combo = pc.filter(combo, inside)
+    metacam = metacam.filter(inside)
+    mismatch = pa.chunked_array([pa.array(np.zeros(len(metacam), dtype=bool))])
+    for bit, column in enumerate(groups.columns):
+        on = pc.not_equal(pc.bit_wise_and(pc.shift_right(combo, bit), 1), 0)
+        mismatch = pc.or_(mismatch, pc.not_equal(on, pc.fill_null(metacam[column], False)))
+    n_mismatch = int(pc.sum(mismatch).as_py() or 0)
+    examples = [] if not n_mismatch else sorted(pc.unique(pc.filter(combo, mismatch)).to_pylist())[:5]
+    return n_outside, bad, n_mismatch, examples
 
 
 def load_dataset(
@@ -178,107 +306,127 @@ def load_dataset(
 
     Raises:
         AnalysisError: no files, unreadable files, missing columns, several
-            sweeps or road modes, no usable rows, inconsistent experiment ids.
+            sweeps or tie rules, no usable rows, inconsistent experiment ids.
     """
     root = Path(root)
     files = _check_folder(root, [Path(p) for p in exclude])
-    fields = [RESULTS_SCHEMA.field(c) for c in ANALYSIS_COLUMNS]
-    schema = pa.schema([f.with_type(_DICT) if f.type == pa.string() else f for f in fields])
-    plain = pa.schema(fields)  # for the small tables that pandas should see as plain strings
-    _check_columns(files, root, ANALYSIS_COLUMNS)
+    infos = [_survey(path, root) for path in files]
+    chosen = _choose_sweep(infos, sweep_id)
+    infos = [info for info in infos if chosen in info.sweep_ids]
+    groups, groups_source = _read_groups(infos, root, chosen)
+    _check_columns(infos, root, groups.columns)
+
     kept, failed, keys = [], [], []
-    for path in files:
-        table = _read_file(path, root, ANALYSIS_COLUMNS, schema)
+    ties_sources: set[str] = set()
+    n_outside = n_mismatch = 0
+    outside_examples: list[int] = []
+    mismatch_examples: list[int] = []
+    for info in infos:
+        table = _read_file(info, root, groups.columns)
+        ties, source = _ties_column(table, info)
+        table = table.drop_columns([c for c in (TIES_COLUMN, LEGACY_MODE_COLUMN) if c in table.column_names])
+        table = table.append_column("ties", ties)
+        in_sweep = (pc.is_null(table["sweep_id"]) if chosen == "(null)"
+                    else pc.equal(pc.cast(table["sweep_id"], pa.string()), chosen))
+        table = table.filter(pc.fill_null(in_sweep, False))
         ok = pc.fill_null(pc.equal(table["status"], "ok"), False)
-        failed.append(table.filter(pc.invert(ok)).select(list(FAILED_COLUMNS))
-                      .cast(pa.schema([plain.field(c) for c in FAILED_COLUMNS])))
+        failed.append(table.filter(pc.invert(ok)).select(list(FAILED_COLUMNS)))
         table = table.filter(ok)
-        # Distinct (sweep, road mode, k) of the ok rows: tiny, and enough to check mixing and k.
-        keys.append(table.group_by(["sweep_id", "road_mode", "k"]).aggregate([([], "count_all")])
-                    .cast(pa.schema([plain.field("sweep_id"), plain.field("road_mode"), plain.field("k"),
-                                     pa.field("count_all", pa.int64())])))
+        if len(table):
+            ties_sources.add(source)
+        outside, outside_ex, mismatch, mismatch_ex = _flag_mismatches(table, groups)
+        n_outside, n_mismatch = n_outside + outside, n_mismatch + mismatch
+        outside_examples += outside_ex
+        mismatch_examples += mismatch_ex
+        # Distinct (tie rule, k) of the ok rows: tiny, and enough to check mixing and list k.
+        keys.append(table.select(["ties", "k"]).group_by(["ties", "k"]).aggregate([([], "count_all")]))
         wanted = pc.fill_null(table["is_best_k"], False)
         for k in keep_k:
             wanted = pc.or_(wanted, pc.fill_null(_near(table["k"], k), False))
-        kept.append(table.filter(wanted))
+        kept.append(table.filter(wanted).drop_columns(["sweep_id", "status", "ties"]))
 
+    _raise_for_experiments(groups, n_outside, outside_examples, n_mismatch, mismatch_examples)
     key_frame = pa.concat_tables(keys).to_pandas()
-    failed_frame = pa.concat_tables(failed).to_pandas()
-    n_total = int(key_frame["count_all"].sum()) + len(failed_frame)
-    if n_total == 0:
-        raise AnalysisError(f"the {len(files)} Parquet file(s) under '{root}' hold no rows; rerun the sweep")
-
-    chosen = _choose(pd.concat([key_frame["sweep_id"], failed_frame["sweep_id"]]), sweep_id, "sweeps")
-    in_sweep = key_frame["sweep_id"].fillna("(null)") == chosen
-    key_frame = key_frame[in_sweep]
-    failed_frame = failed_frame[failed_frame["sweep_id"].fillna("(null)") == chosen].drop(columns="sweep_id")
+    failed_frame = _plain_strings(pa.concat_tables(failed)).to_pandas()
     n_rows = int(key_frame["count_all"].sum()) + len(failed_frame)
     if key_frame.empty:
+        if not len(failed_frame):
+            raise AnalysisError(f"the {len(infos)} Parquet file(s) of sweep '{chosen}' hold no rows; rerun the sweep")
         statuses = ", ".join(f"{s}: {n}" for s, n in failed_frame["status"].fillna("(null)").value_counts().items())
         raise AnalysisError(f"sweep '{chosen}' has no rows with status 'ok' ({len(failed_frame)} failed rows; {statuses}); "
                             "fix the failures and rerun the sweep")
-    modes = sorted(key_frame["road_mode"].fillna("(null)").unique())
-    if len(modes) > 1:
+    rules = sorted(key_frame["ties"].fillna(DEFAULT_TIES).astype(str).unique())
+    if len(rules) > 1:
         raise AnalysisError(
-            f"sweep '{chosen}' mixes ROAD modes {', '.join(modes)}, whose scores are not comparable; "
-            "write each mode under its own sweep_id and analyse them one at a time (--sweep-id)"
+            f"sweep '{chosen}' mixes ROAD tie rules {', '.join(rules)}, whose scores are not comparable; "
+            "write each rule under its own sweep_id and analyse them one at a time (--sweep-id)"
         )
 
-    table = pa.concat_tables(kept)
-    in_chosen = pc.is_null(table["sweep_id"]) if chosen == "(null)" else pc.equal(table["sweep_id"], chosen)
-    table = table.filter(pc.fill_null(in_chosen, False))
-    rows = table.drop_columns(["sweep_id", "road_mode", "status"]).to_pandas(strings_to_categorical=True)
+    rows = pa.concat_tables(kept).to_pandas(strings_to_categorical=True)
     rows, other_kinds = _keep_known_kinds(rows)
-    _check_experiments(rows)
+    if groups_source == "columns":
+        groups = groups_from_columns(groups.names, _members_from_singles(rows, groups))
     rows, units = _code_units(rows)
+    rows = rows.drop(columns=[*groups.columns, *UNIT_COLUMNS, "target_rank"])
+    provenance = next((dict(info.metadata.get("provenance") or {}) for info in infos if info.metadata), {})
     return Dataset(
         root=root,
-        files=tuple(files),
+        files=tuple(info.path for info in infos),
         rows=rows,
         units=units,
         failed=failed_frame.reset_index(drop=True),
         n_rows=n_rows,
         sweep_id=chosen,
-        road_mode=modes[0],
+        groups=groups,
+        groups_source=groups_source,
+        ties=rules[0],
+        ties_source="; ".join(sorted(ties_sources)),
+        provenance=provenance,
         k_values=tuple(sorted(float(k) for k in key_frame["k"].dropna().unique())),
         other_kinds=other_kinds,
     )
 
 
+def _plain_strings(table: pa.Table) -> pa.Table:
+    """Dictionary columns decoded (small tables that pandas should see as plain strings)."""
+    return table.cast(pa.schema([
+        pa.field(f.name, pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema
+    ]))
+
+
+def _raise_for_experiments(groups: GroupSet, n_outside: int, outside: list, n_mismatch: int, mismatch: list) -> None:
+    if n_outside:
+        examples = ", ".join(str(c) for c in outside[:5])
+        raise AnalysisError(f"{n_outside} metacam rows have a combo_id outside 0..{groups.n_combos - 1} (e.g. {examples}) "
+                            f"for the {groups.size} group(s) {', '.join(groups.names)}; "
+                            "the dataset is not from a MetaCAM sweep with these groups")
+    if n_mismatch:
+        examples = ", ".join(str(c) for c in sorted(set(mismatch))[:5])
+        raise AnalysisError(f"{n_mismatch} metacam rows have group flags (g_*) that do not match their combo_id "
+                            f"(bit 0 = {groups.names[0]}, ...), e.g. combo {examples}; "
+                            "the rows are corrupt — rerun those experiments")
+
+
 def _keep_known_kinds(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     kind = rows["kind"].astype(str)
-    known = kind.isin(["metacam", "single"])
+    known = kind.isin(list(KINDS))
     other = kind[~known].value_counts()
     return rows[known].reset_index(drop=True), {str(k): int(n) for k, n in other.items()}
 
 
-def _check_experiments(rows: pd.DataFrame) -> None:
-    """MetaCAM rows need a combo_id in 0..63 whose bits match the group flags."""
-    metacam = rows[rows["kind"] == "metacam"]
-    combo = metacam["combo_id"]
-    bad = metacam[combo.isna() | (combo < 0) | (combo >= N_COMBOS)]
-    if len(bad):
-        examples = ", ".join(sorted({str(c) for c in bad["combo_id"].head(50)})[:5])
-        raise AnalysisError(f"{len(bad)} metacam rows have a combo_id outside 0..{N_COMBOS - 1} (e.g. {examples}); "
-                            "the dataset is not from a MetaCAM sweep")
-    if metacam.empty:
-        return
-    ids = combo.to_numpy(dtype=np.int64)
-    mismatch = np.zeros(len(metacam), dtype=bool)
-    for bit, column in enumerate(GROUP_COLUMNS):
-        flag = metacam[column].fillna(False).to_numpy(dtype=bool)
-        mismatch |= flag != ((ids >> bit) & 1).astype(bool)
-    if mismatch.any():
-        examples = ", ".join(str(c) for c in sorted(set(ids[mismatch].tolist()))[:5])
-        raise AnalysisError(f"{int(mismatch.sum())} metacam rows have group flags (g_*) that do not match their combo_id "
-                            f"(bit 0 = gradcam ...), e.g. combo {examples}; the rows are corrupt — rerun those experiments")
+def _members_from_singles(rows: pd.DataFrame, groups: GroupSet) -> dict[str, list[str]]:
+    """Without metadata: each group's members as far as single-method rows show them."""
+    singles = rows[rows["kind"] == "single"]
+    return {name: sorted(str(m) for m in singles.loc[singles[column].fillna(False).astype(bool), "method"].unique())
+            for name, column in zip(groups.names, groups.columns, strict=True)}
 
 
 def _code_units(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Add an int ``unit`` code per (model, image_id, target_class) and return the unit table."""
     codes = rows.groupby(list(UNIT_COLUMNS), observed=True, sort=True, dropna=False).ngroup()
     rows = rows.assign(unit=codes.to_numpy(dtype=np.int64))
-    units = (rows.drop_duplicates("unit")[["unit", *UNIT_COLUMNS]]
-             .set_index("unit").sort_index())
+    units = rows.drop_duplicates("unit")[["unit", *UNIT_COLUMNS, "target_rank"]].set_index("unit").sort_index()
     units = units.astype({"model": str, "image_id": str})
+    units["target_rank"] = units["target_rank"].astype("Int64")
+    units["cluster"] = units.groupby(list(CLUSTER_COLUMNS), sort=True).ngroup().to_numpy(dtype=np.int64)
     return rows, units

@@ -14,38 +14,69 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metacam.analysis.cre import (
-    N_COMBOS,
-    cre,
-    cre_curves,
-    cre_ols_identity,
-    cre_per_unit,
-    experiment_summary,
-)
-from metacam.analysis.dataset import Dataset, load_dataset
+from metacam.analysis.bootstrap import ClusterBootstrap
+from metacam.analysis.cre import cre_curves, cre_identity, cre_per_unit
+from metacam.analysis.dataset import DEFAULT_TIES, Dataset, load_dataset
 from metacam.analysis.errors import AnalysisError
+from metacam.analysis.evidence import (
+    best_combo,
+    best_single,
+    comparator_comparisons,
+    entries,
+    gain_split,
+    headline,
+    metacam_vs_single,
+    optimism_table,
+)
+from metacam.analysis.experiments import ExperimentEstimates, estimate_experiments, experiment_table
+from metacam.analysis.factorial import FactorialFit, fit_factorial
+from metacam.analysis.metrics import HEADLINE_METRICS, METRICS
+from metacam.analysis.outputs import OUTPUT_NAMES
 from metacam.analysis.report import write_outputs
 from metacam.analysis.scores import Scores, ScoreSpec, parse_score, select_scores
-from metacam.analysis.stats import FactorialFit, fit_factorial
-from metacam.analysis.tables import id_ranges, metacam_vs_single, win_rates
-from metacam.groups import DEFAULT_GROUPS, GROUP_KEYS
-
-# Every file analyze may write; stale ones from an earlier run are removed first
-# so the folder always matches report.md.
-OUTPUT_NAMES = (
-    "report.md", "cre.csv", "cre.md", "cre_curves.csv", "cre_per_unit.csv", "cre_vs_ols.csv",
-    "cre_vs_ols.md", "effects.csv", "effects.md", "anova.csv", "anova.md", "experiments.csv",
-    "experiments.md", "metacam_vs_single.csv", "metacam_vs_single.md", "win_rate.csv",
-    "win_rate.md", "failed_rows.csv", "cre_plot.png", "cre_per_unit.png", "effects.png",
+from metacam.analysis.settings import DEFAULT_REPLICATES, DEFAULT_SEED, MIN_CLUSTERS
+from metacam.analysis.study import (
+    Subset,
+    cre_by,
+    curves_by,
+    effects_by,
+    few_cluster_subsets,
+    subsets,
 )
+from metacam.analysis.tables import id_ranges
+
+
+class ScoreBank:
+    """Scores per ScoreSpec, selected once; None (with the reason kept) where the data lack them."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._cache: dict[ScoreSpec, tuple[Scores | None, str]] = {}
+
+    def get(self, spec: ScoreSpec) -> Scores | None:
+        if spec not in self._cache:
+            try:
+                scores: Scores | None = select_scores(self.dataset, spec)
+                reason = ""
+                if scores is not None and scores.empty:
+                    scores, reason = None, f"every selected row has a null {spec.column}"
+            except AnalysisError as error:
+                scores, reason = None, str(error)
+            self._cache[spec] = (scores, reason)
+        return self._cache[spec][0]
+
+    def why(self, spec: ScoreSpec) -> str:
+        self.get(spec)
+        return self._cache[spec][1]
 
 
 @dataclass
 class AnalysisResult:
     """Everything :func:`analyze` computed; ``None`` marks a part the data did not allow.
 
-    ``notes`` holds the plain-language statements about degraded output
-    (partial sweep, excluded rows, skipped parts) that report.md and stdout show.
+    ``notes`` holds plain-language statements about degraded output (partial
+    sweep, excluded rows, skipped parts, stated defaults); ``warnings`` the
+    statements about inference that the reader must see (few clusters).
     """
 
     out_dir: Path
@@ -53,8 +84,11 @@ class AnalysisResult:
     dataset: Dataset
     spec: ScoreSpec
     scores: Scores
+    replicates: int
+    seed: int
     present: list[int]
     missing: list[int]
+    estimates: ExperimentEstimates | None = None
     experiments: pd.DataFrame | None = None
     cre: pd.Series | None = None
     cre_table: pd.DataFrame | None = None
@@ -64,44 +98,38 @@ class AnalysisResult:
     identity_facts: dict | None = None
     fit_main: FactorialFit | None = None
     fit: FactorialFit | None = None
+    comparator_present: bool = False
     best: int | None = None
     paper: pd.DataFrame | None = None
-    wins: pd.DataFrame | None = None
-    adaptive: Scores | None = None
-    plain: Scores | None = None
+    comparisons: pd.DataFrame | None = None
+    headline: pd.DataFrame | None = None
+    gains: pd.DataFrame | None = None
+    optimism: pd.DataFrame | None = None
+    optimism_spec: ScoreSpec | None = None
+    units_by_model: pd.DataFrame | None = None
+    study: dict[str, pd.DataFrame] = field(default_factory=dict)
+    panels: list[tuple[str, pd.DataFrame, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def _other_scores(dataset: Dataset, main: Scores, mode: str, notes: list[str]) -> Scores | None:
-    """The adaptive or plain score for the paper table, or None (with a note) if absent."""
-    spec = main.spec.with_mode(mode)
-    if spec == main.spec:
-        return main
-    try:
-        return select_scores(dataset, spec)
-    except AnalysisError as error:
-        notes.append(f"The MetaCAM-vs-single table has no {mode} column: {error}.")
-        return None
-
-
-def compute(dataset: Dataset, spec: ScoreSpec, *, interactions: bool = False, out_dir: Path) -> AnalysisResult:
-    """All numbers of the analysis (no files written)."""
-    scores = select_scores(dataset, spec)
-    if scores.metacam.empty and scores.singles.empty:
-        raise AnalysisError(f"sweep '{dataset.sweep_id}' has no usable {spec.label} scores; "
-                            "every selected row has a null score")
-    present = sorted(int(c) for c in scores.metacam["combo_id"].unique())
-    missing = sorted(set(range(N_COMBOS)) - set(present))
-    result = AnalysisResult(out_dir=out_dir, report=out_dir / "report.md", dataset=dataset, spec=spec,
-                            scores=scores, present=present, missing=missing)
-    notes = result.notes
-    if not present:
-        notes.append("No MetaCAM experiments are in the dataset, only single CAM methods: "
-                     "there is no CRE, CRE plot, factorial model or ranking of experiments.")
-    elif missing:
-        notes.append(f"Partial sweep: {len(present)} of {N_COMBOS} experiments present; missing combo_id "
-                     f"{id_ranges(missing)}. Everything below uses the experiments present.")
+def _dataset_notes(result: AnalysisResult) -> None:
+    dataset, notes = result.dataset, result.notes
+    groups = dataset.groups
+    if dataset.groups_source == "columns":
+        notes.append(f"The files record no group definition (Parquet metadata): groups were read from the g_* "
+                     f"columns in schema order ({', '.join(groups.names)}), none treated as a control, so the "
+                     f"comparator is all groups (combo {groups.comparator}).")
+    if dataset.ties_source.startswith("not recorded"):
+        notes.append(f"The ROAD tie rule is not recorded (no road_ties or road_mode column, no metadata): "
+                     f"assumed '{DEFAULT_TIES}'.")
+    if not result.present:
+        notes.append("No MetaCAM experiments are in the dataset, only single CAM methods or controls: there is "
+                     "no CRE, CRE plot, factorial model or ranking of experiments.")
+    elif result.missing:
+        notes.append(f"Partial sweep: {len(result.present)} of {groups.n_combos} experiments present; missing "
+                     f"combo_id {id_ranges(result.missing)}. Everything below uses the experiments present.")
     if len(dataset.failed):
         counts = dataset.failed["status"].fillna("(null)").value_counts()
         listed = "; ".join(f"{status}: {n}" for status, n in counts.items())
@@ -110,71 +138,192 @@ def compute(dataset: Dataset, spec: ScoreSpec, *, interactions: bool = False, ou
         notes.append(f"Excluded {len(dataset.failed)} rows with status other than 'ok' ({listed}), "
                      f"from {len(units)} unit(s) (e.g. {examples}{', ...' if len(units) > 3 else ''}); "
                      "all are listed in failed_rows.csv.")
-    if scores.n_null:
-        notes.append(f"Excluded {scores.n_null} rows with status 'ok' but a null {spec.column}.")
+    if result.scores.n_null:
+        notes.append(f"Excluded {result.scores.n_null} rows with status 'ok' but a null {result.spec.column}.")
     for kind, n in dataset.other_kinds.items():
         notes.append(f"Ignored {n} rows of unknown kind '{kind}'.")
 
-    if present:
-        result.experiments = experiment_summary(scores.metacam, spec.sign)
-        result.best = int(result.experiments["combo_id"].iloc[0])
-    if len(present) == 1:
-        notes.append(f"Only one MetaCAM experiment (combo {present[0]}) is present: CRE, the CRE plots and the "
-                     "factorial model need at least two experiments and are not produced.")
-    if len(present) >= 2:
-        assert result.experiments is not None
-        means = result.experiments.set_index("combo_id")["mean"].sort_index()
-        result.cre = cre(means)
-        result.curves = cre_curves(means, spec.sign)
-        result.per_unit = cre_per_unit(scores.metacam)
-        result.identity, result.identity_facts = cre_ols_identity(means)
-        result.fit_main = fit_factorial(scores.metacam, interactions=False)
-        result.fit = fit_factorial(scores.metacam, interactions=True) if interactions else result.fit_main
-        result.cre_table = _cre_table(result)
-        if result.fit.dropped:
-            notes.append("Terms the experiments present cannot identify were left out of the OLS model: "
-                         + ", ".join(result.fit.dropped) + ".")
-        if result.fit.effects["std_err"].isna().all():
-            notes.append("The OLS standard errors are not available (too few units or a perfect fit): "
-                         "estimates are shown without confidence intervals.")
-        if result.fit.n_clusters < 2:
-            notes.append("Only one unit: OLS standard errors assume independent rows (no clustering possible).")
 
-    result.adaptive = _other_scores(dataset, scores, "adaptive", notes)
-    result.plain = _other_scores(dataset, scores, "plain", notes)
-    frames = {mode: None if s is None else (s.metacam, s.singles)
-              for mode, s in (("adaptive", result.adaptive), ("plain", result.plain))}
-    result.paper = metacam_vs_single(frames["adaptive"], frames["plain"], result.best, spec.sign)
-    adaptive = result.adaptive
-    if result.best is not None and adaptive is not None:
-        if adaptive.singles.empty:
-            notes.append("No single CAM methods in the dataset: no win rate of MetaCAM over single methods.")
-        elif (adaptive.metacam["combo_id"] == result.best).any():
-            result.wins = win_rates(adaptive.metacam, adaptive.singles, result.best, spec.sign)
-    return result
+def _units_by_model(dataset: Dataset) -> pd.DataFrame:
+    """model, n_units, n_images (clusters), n_targets (distinct target ranks), share of all units."""
+    units = dataset.units
+    table = units.groupby("model", sort=True).agg(
+        n_units=("cluster", "size"), n_images=("cluster", "nunique"),
+        target_ranks=("target_rank", lambda r: r.nunique()))
+    table["share"] = table["n_units"] / len(units)
+    return table.reset_index()
+
+
+def _cluster_warnings(result: AnalysisResult, parts: list[Subset]) -> None:
+    n = result.dataset.n_clusters
+    if n < MIN_CLUSTERS:
+        result.warnings.append(
+            f"Only {n} clusters (model × image) carry the data: with fewer than {MIN_CLUSTERS} clusters, "
+            "cluster-robust inference is fragile. CIs use the cluster bootstrap's standard error with the "
+            "small-sample t(C−1) correction; factorial effects use CR2 standard errors with t(C−1). Treat "
+            "p-values near 0.05 as inconclusive, and add images.")
+    small = few_cluster_subsets(parts)
+    if small:
+        listed = ", ".join(f"{p.label} ({p.n_clusters})" for p in small[:6]) + (" ..." if len(small) > 6 else "")
+        result.warnings.append(f"Subsets with fewer than {MIN_CLUSTERS} clusters (CR2 / corrected bootstrap "
+                               f"used there): {listed}.")
+
+
+def _experiment_parts(result: AnalysisResult, boot: ClusterBootstrap, interactions: bool) -> None:
+    dataset, spec, scores = result.dataset, result.spec, result.scores
+    groups, clusters = dataset.groups, dataset.units["cluster"].to_numpy()
+    if not result.present:
+        return
+    result.estimates = estimate_experiments(scores.metacam, clusters, groups, boot, spec.sign)
+    result.experiments = experiment_table(result.estimates, scores.metacam, groups, spec.sign)
+    if len(result.present) == 1:
+        result.notes.append(f"Only one MetaCAM experiment (combo {result.present[0]}) is present: CRE, the CRE "
+                            "plots and the factorial model need at least two experiments and are not produced.")
+        return
+    means = pd.Series(result.estimates.means.point, index=result.estimates.combos)
+    result.cre = pd.Series(result.estimates.cre.point, index=pd.Index(groups.names, name="group"), name="cre")
+    result.curves = cre_curves(means, groups.names, spec.sign)
+    result.per_unit = cre_per_unit(scores.metacam, groups.names)
+    result.identity, result.identity_facts = cre_identity(means, groups.names)
+    result.fit_main = fit_factorial(scores.metacam, dataset.units, groups.names, interactions=False)
+    result.fit = (fit_factorial(scores.metacam, dataset.units, groups.names, interactions=True)
+                  if interactions else result.fit_main)
+    result.cre_table = _cre_table(result)
+    if result.fit.dropped:
+        result.notes.append("Terms the data cannot identify were left out of the OLS model: "
+                            + ", ".join(result.fit.dropped) + ".")
+    if result.fit.inference == "iid":
+        result.notes.append("Only one cluster (one image under one model): OLS standard errors assume "
+                            "independent rows and the bootstrap CIs are not available.")
 
 
 def _cre_table(result: AnalysisResult) -> pd.DataFrame:
-    """CRE per group with the main-effect contrast and the spread of per-unit CRE."""
-    per_unit, identity = result.per_unit, result.identity
-    assert per_unit is not None and identity is not None and result.cre is not None
-    assert result.fit_main is not None
-    sign = result.spec.sign
+    """CRE per group with its CI, the main-effect contrast and the spread of per-unit CRE."""
+    per_unit, identity, estimates = result.per_unit, result.identity, result.estimates
+    assert per_unit is not None and identity is not None and estimates is not None
+    assert result.fit_main is not None and result.cre is not None
+    groups, sign = result.dataset.groups, result.spec.sign
+    names = list(groups.names)
+    low, high = estimates.cre.interval()
     ols = result.fit_main.effects.set_index("term")["estimate"]
-    table = pd.DataFrame({
-        "group": list(GROUP_KEYS),
-        "members": [", ".join(DEFAULT_GROUPS[g]) for g in GROUP_KEYS],
+    return pd.DataFrame({
+        "group": names,
+        "members": [", ".join(m) if m else "(unknown)" for m in groups.members],
+        "control": list(groups.controls),
         "cre": result.cre.to_numpy(),
+        "ci_low": low,
+        "ci_high": high,
         "rank": (-sign * result.cre).rank(method="min").astype(int).to_numpy(),
         "n_on": identity["n_on"].to_numpy(),
         "beta": identity["beta"].to_numpy(),
-        "ols_main_effect": [ols.get(f"g_{g}", np.nan) for g in GROUP_KEYS],
-        "unit_cre_median": per_unit[list(GROUP_KEYS)].median().to_numpy(),
-        "unit_cre_q25": per_unit[list(GROUP_KEYS)].quantile(0.25).to_numpy(),
-        "unit_cre_q75": per_unit[list(GROUP_KEYS)].quantile(0.75).to_numpy(),
-        "unit_share_helps": (sign * per_unit[list(GROUP_KEYS)] > 0).mean().to_numpy(),
+        "ols_main_effect": [ols.get(c, np.nan) for c in groups.columns],
+        "unit_cre_median": per_unit[names].median().to_numpy(),
+        "unit_cre_q25": per_unit[names].quantile(0.25).to_numpy(),
+        "unit_cre_q75": per_unit[names].quantile(0.75).to_numpy(),
+        "unit_share_helps": (sign * per_unit[names] > 0).mean().to_numpy(),
     })
-    return table
+
+
+def _evidence(result: AnalysisResult, bank: ScoreBank, boot: ClusterBootstrap) -> None:
+    dataset, spec, notes = result.dataset, result.spec, result.notes
+    groups, clusters = dataset.groups, dataset.units["cluster"].to_numpy()
+    result.comparator_present = groups.comparator in result.present
+    if result.present and not result.comparator_present:
+        notes.append(f"The pre-specified comparator (combo {groups.comparator}, {groups.combo_name(groups.comparator)}) "
+                     "is not in the dataset: no paired comparisons, gain split or headline answer.")
+    chooser = bank.get(spec.in_sample()) or result.scores
+    result.best = best_combo(chooser, spec.sign)
+    modes = {mode: bank.get(spec.with_mode(mode)) for mode in ("plain", "adaptive")}
+    for mode, scores in modes.items():
+        if scores is None:
+            notes.append(f"The MetaCAM-vs-single table has no {mode} column: {bank.why(spec.with_mode(mode))}")
+    ranking = modes.get(spec.mode) or result.scores
+    chosen = entries(groups, ranking, result.comparator_present, result.best)
+    if chosen:
+        result.paper = metacam_vs_single(chosen, modes, clusters, boot)
+
+    compared, gains = [], []
+    for metric in dict.fromkeys([spec.metric, *HEADLINE_METRICS]):
+        variant = spec.with_metric(metric)
+        scores = bank.get(variant)
+        if scores is None:
+            notes.append(f"No comparisons on {variant.short}: {bank.why(variant)}")
+            continue
+        table = comparator_comparisons(scores, groups, clusters, boot) if result.comparator_present else None
+        if table is not None:
+            compared.append(table)
+        adaptive, plain = bank.get(variant.with_mode("adaptive")), bank.get(variant.with_mode("plain"))
+        chooser_plain = bank.get(variant.with_mode("plain").in_sample())
+        top = best_single(chooser_plain, variant.sign) if chooser_plain is not None else None
+        if result.comparator_present and adaptive is not None and plain is not None and top is not None:
+            split = gain_split(adaptive, plain, top, groups, clusters, boot)
+            if split is not None:
+                split.insert(0, "metric", metric)
+                gains.append(split)
+    if compared:
+        result.comparisons = pd.concat(compared, ignore_index=True)
+        result.headline = headline(result.comparisons)
+    elif result.comparator_present:
+        notes.append("No single CAM methods or controls in the dataset: no paired comparisons.")
+    if gains:
+        result.gains = pd.concat(gains, ignore_index=True)
+
+    road = spec.metric if METRICS[spec.metric].is_road else "combined"
+    base = ScoreSpec(metric=road)
+    parts = {(mode, held): bank.get(base.with_mode(mode) if held else base.with_mode(mode).in_sample())
+             for mode in ("adaptive", "plain") for held in (True, False)}
+    if all(v is not None for v in parts.values()):
+        result.optimism_spec = base
+        result.optimism = optimism_table(
+            {m: parts[(m, False)] for m in ("adaptive", "plain")},  # type: ignore[misc]
+            {m: parts[(m, True)] for m in ("adaptive", "plain")},  # type: ignore[misc]
+            groups, clusters, boot)
+    else:
+        notes.append("No optimism table: it needs in-sample and held-out ROAD at k* and at k = 100 "
+                     f"({bank.why(base) or bank.why(base.with_mode('plain'))}).")
+
+
+def _study(result: AnalysisResult, interactions: bool) -> list[Subset]:
+    dataset, spec = result.dataset, result.spec
+    groups = dataset.groups
+    result.units_by_model = _units_by_model(dataset)
+    all_parts: list[Subset] = []
+    if len(result.present) < 2:
+        return all_parts
+    metacam = result.scores.metacam
+    for dimension in ("model", "target_rank"):
+        parts = subsets(metacam, dataset.units, dimension)
+        all_parts += parts
+        result.study[f"cre_by_{dimension}"] = cre_by(parts, groups, spec.sign, result.replicates, result.seed)
+        result.study[f"effects_by_{dimension}"] = effects_by(parts, groups, interactions)
+        if dimension == "model":
+            assert result.curves is not None
+            result.panels = [(f"pooled, {dataset.units['model'].nunique()} model(s)", result.curves,
+                              len(dataset.units))] + curves_by(parts, groups, spec.sign)
+    return all_parts
+
+
+def compute(dataset: Dataset, spec: ScoreSpec, *, interactions: bool = False, out_dir: Path,
+            replicates: int = DEFAULT_REPLICATES, seed: int = DEFAULT_SEED) -> AnalysisResult:
+    """All numbers of the analysis (no files written)."""
+    bank = ScoreBank(dataset)
+    scores = bank.get(spec)
+    if scores is None:
+        reason = bank.why(spec)
+        hint = (" (the held-out columns are empty: rerun the sweep with held-out re-scoring, or analyse "
+                "in-sample scores with --in-sample)" if spec.heldout and spec.definition.is_road else "")
+        raise AnalysisError(f"sweep '{dataset.sweep_id}' has no usable {spec.short} scores: {reason}{hint}")
+    present = sorted(int(c) for c in scores.metacam["combo_id"].unique())
+    missing = sorted(set(range(dataset.groups.n_combos)) - set(present))
+    result = AnalysisResult(out_dir=out_dir, report=out_dir / "report.md", dataset=dataset, spec=spec,
+                            scores=scores, replicates=replicates, seed=seed, present=present, missing=missing)
+    _dataset_notes(result)
+    boot = ClusterBootstrap.draw(dataset.n_clusters, replicates, seed)
+    _experiment_parts(result, boot, interactions)
+    _evidence(result, bank, boot)
+    parts = _study(result, interactions)
+    _cluster_warnings(result, parts)
+    return result
 
 
 def analyze(
@@ -183,8 +332,11 @@ def analyze(
     *,
     score: str = "adaptive",
     metric: str = "combined",
+    in_sample: bool = False,
     interactions: bool = False,
     sweep_id: str | None = None,
+    replicates: int = DEFAULT_REPLICATES,
+    seed: int = DEFAULT_SEED,
 ) -> AnalysisResult:
     """Analyse the results dataset under ``results_dir`` and write everything to ``out_dir``.
 
@@ -192,20 +344,24 @@ def analyze(
         results_dir: folder of Parquet files (nested folders are read too).
         out_dir: where tables, figures and report.md go; default
             ``results_dir/analysis`` (never read back as data).
-        score: ``adaptive``, ``plain`` or ``k=K``.
-        metric: ``combined``, ``morf`` or ``lerf``.
-        interactions: add all two-way interactions to the OLS model.
+        score: ``adaptive``, ``plain`` or ``k=K`` (``k=K`` needs ``in_sample``).
+        metric: ``combined``, ``morf``, ``lerf``, ``deletion`` or ``insertion``.
+        in_sample: compare on in-sample ROAD (the draw that chose k*) instead of held-out.
+        interactions: add all two-way interactions to the OLS model (Holm-corrected tests).
         sweep_id: the sweep to analyse when the dataset holds several.
+        replicates, seed: the cluster bootstrap's size and seed.
 
     Raises:
         AnalysisError: any problem with the input or the output folder.
     """
+    if replicates < 100:
+        raise AnalysisError(f"--bootstrap {replicates}: use at least 100 replicates (default {DEFAULT_REPLICATES})")
     root = Path(results_dir)
     out = Path(out_dir) if out_dir is not None else root / "analysis"
-    spec = parse_score(score, metric)
+    spec = parse_score(score, metric, heldout=not in_sample)
     keep_k = sorted({100.0} | ({spec.k} if spec.k is not None else set()))
     dataset = load_dataset(root, sweep_id=sweep_id, keep_k=keep_k, exclude=[out])
-    result = compute(dataset, spec, interactions=interactions, out_dir=out)
+    result = compute(dataset, spec, interactions=interactions, out_dir=out, replicates=replicates, seed=seed)
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name in OUTPUT_NAMES:

@@ -1,82 +1,109 @@
-"""Which number the analysis calls "the score" of an (experiment, unit).
+"""Which number the analysis calls "the score" of an (experiment or method, unit).
 
-``--score adaptive`` (default) takes the row marked ``is_best_k`` (ROAD at k*),
-``--score plain`` the row with k = 100 (the unthresholded map; for MetaCAM the
-normalised sum of all members), ``--score k=K`` the row with k = K.
-``--metric`` picks ROAD combined (default), MoRF or LeRF. For MoRF *lower* is
-better (removing the most relevant pixels should destroy the prediction);
-``ScoreSpec.sign`` carries that direction to every ranking and comparison.
+``--score adaptive`` (default) takes the row marked ``is_best_k`` (the map at
+k*), ``--score plain`` the row with k = 100 (the unthresholded map), ``--score
+k=K`` the row with k = K (in-sample only: held-out scores exist only at k* and
+k = 100).
+
+Held-out by default. k* (and the best combination) are chosen on in-sample
+ROAD, so in-sample ROAD at k* is the maximum of noisy estimates and biased
+upward; every comparison therefore uses the held-out ROAD columns
+(``road_heldout_*``: an independent draw) unless ``--in-sample`` asks for the
+draw that made the choice. Deletion and insertion AUC are a different metric
+from the one k* was chosen on, so they have one version only.
+
+``--metric``: ROAD ``combined`` (default), ``morf``, ``lerf``, ``deletion`` or
+``insertion`` AUC. For MoRF and deletion *lower* is better; ``ScoreSpec.sign``
+carries that direction to every ranking and comparison.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from metacam.analysis.dataset import K_TOLERANCE, Dataset
 from metacam.analysis.errors import AnalysisError
+from metacam.analysis.metrics import METRICS, Metric
 
-# metric name -> (column, label, +1 if higher is better else -1)
-METRICS: dict[str, tuple[str, str, int]] = {
-    "combined": ("road_combined", "ROAD combined", 1),
-    "morf": ("road_morf", "ROAD MoRF", -1),
-    "lerf": ("road_lerf", "ROAD LeRF", 1),
-}
 PLAIN_K = 100.0
+MODES: tuple[str, ...] = ("adaptive", "plain")
 
 
 @dataclass(frozen=True)
 class ScoreSpec:
-    """A score choice: ``mode`` is ``adaptive``, ``plain`` or ``k`` (then ``k`` is set)."""
+    """A score choice.
+
+    mode: ``adaptive`` (k*), ``plain`` (k = 100) or ``k`` (then ``k`` is set).
+    metric: a key of :data:`METRICS`.
+    heldout: read the held-out ROAD columns (no effect on deletion/insertion).
+    """
 
     mode: str = "adaptive"
     k: float | None = None
     metric: str = "combined"
+    heldout: bool = True
+
+    @property
+    def definition(self) -> Metric:
+        return METRICS[self.metric]
 
     @property
     def column(self) -> str:
-        return METRICS[self.metric][0]
+        return self.definition.heldout if self.heldout else self.definition.in_sample
 
     @property
     def sign(self) -> int:
-        """+1 when a higher score is better, -1 when lower is (MoRF)."""
-        return METRICS[self.metric][2]
+        """+1 when a higher score is better, -1 when lower is (MoRF, deletion)."""
+        return self.definition.sign
 
     @property
-    def label(self) -> str:
-        name = METRICS[self.metric][1]
-        if self.mode == "adaptive":
-            return f"adaptive {name} (at each unit's k*)"
-        if self.mode == "plain":
-            return f"plain {name} (k = 100, the unthresholded map)"
-        return f"{name} at k = {self.k:g}"
+    def source(self) -> str:
+        """``held-out`` or ``in-sample`` for ROAD; empty for the AUCs (one version only)."""
+        if not self.definition.is_road:
+            return ""
+        return "held-out" if self.heldout else "in-sample"
 
     @property
     def short(self) -> str:
-        """A compact name for axis labels."""
-        name = METRICS[self.metric][1]
-        if self.mode in ("adaptive", "plain"):
-            return f"{self.mode} {name}"
-        return f"{name} @ k={self.k:g}"
+        """A compact name for axis labels and headings, e.g. ``held-out adaptive ROAD combined``."""
+        if self.mode in MODES:
+            return " ".join(p for p in (self.source, self.mode, self.definition.name) if p)
+        return " ".join(p for p in (self.source, self.definition.name, f"at k = {self.k:g}") if p)
+
+    @property
+    def label(self) -> str:
+        """The short name and where the score is read."""
+        where = {"adaptive": " (at each unit's k*)", "plain": " (k = 100, the unthresholded map)"}
+        return self.short + where.get(self.mode, "")
 
     @property
     def direction(self) -> str:
         return "higher is better" if self.sign > 0 else "lower is better"
 
     def with_mode(self, mode: str) -> ScoreSpec:
-        return ScoreSpec(mode=mode, k=PLAIN_K if mode == "plain" else None, metric=self.metric)
+        return replace(self, mode=mode, k=PLAIN_K if mode == "plain" else None)
+
+    def with_metric(self, metric: str) -> ScoreSpec:
+        return replace(self, metric=metric)
+
+    def in_sample(self) -> ScoreSpec:
+        return replace(self, heldout=False)
+
+    def held_out(self) -> ScoreSpec:
+        return replace(self, heldout=True)
 
 
-def parse_score(text: str, metric: str = "combined") -> ScoreSpec:
-    """Parse ``adaptive``, ``plain`` or ``k=K`` (K a percentage in (0, 100])."""
+def parse_score(text: str, metric: str = "combined", *, heldout: bool = True) -> ScoreSpec:
+    """Parse ``adaptive``, ``plain`` or ``k=K`` (K a percentage in (0, 100]) and check the metric."""
     if metric not in METRICS:
         raise AnalysisError(f"--metric '{metric}' is unknown; use one of {', '.join(METRICS)}")
     text = text.strip().lower()
-    if text in ("adaptive", "plain"):
-        return ScoreSpec(mode=text, k=PLAIN_K if text == "plain" else None, metric=metric)
+    if text in MODES:
+        return ScoreSpec(mode=text, k=PLAIN_K if text == "plain" else None, metric=metric, heldout=heldout)
     if text.startswith("k="):
         try:
             k = float(text[2:])
@@ -84,25 +111,51 @@ def parse_score(text: str, metric: str = "combined") -> ScoreSpec:
             k = math.nan
         if not 0 < k <= 100:
             raise AnalysisError(f"--score '{text}': K must be a percentage in (0, 100], e.g. k=25")
-        return ScoreSpec(mode="k", k=k, metric=metric)
+        if abs(k - PLAIN_K) <= K_TOLERANCE:
+            return ScoreSpec(mode="plain", k=PLAIN_K, metric=metric, heldout=heldout)
+        if heldout or not METRICS[metric].is_road:
+            raise AnalysisError(f"--score '{text}': held-out ROAD and deletion/insertion AUC exist only at k* and "
+                                "k = 100; use --score adaptive or plain, or add --in-sample for in-sample ROAD at k=K")
+        return ScoreSpec(mode="k", k=k, metric=metric, heldout=False)
     raise AnalysisError(f"--score '{text}' is unknown; use adaptive, plain or k=K (e.g. k=25)")
 
 
 @dataclass(frozen=True)
 class Scores:
-    """One score per (experiment, unit) and per (single method, unit).
+    """One score per (experiment, unit), per (single method, unit) and per (control, unit).
 
     Attributes:
         spec: how the score was chosen.
-        metacam: columns ``combo_id`` (int), ``unit`` (int), ``score`` (float64).
-        singles: columns ``method`` (str), ``unit``, ``score``.
-        n_null: ok rows dropped because the chosen metric was null/NaN.
+        metacam: columns ``combo_id`` (int64), ``unit`` (int64), ``score`` (float64),
+            ``at_k_star`` (bool: the row is the unit's k*, e.g. a plain row where k* = 100).
+        singles: columns ``method`` (str), ``unit``, ``score``, ``at_k_star``.
+        controls: columns ``method`` (str), ``unit``, ``score``, ``at_k_star``.
+        n_null: ok rows dropped because the chosen column was null/NaN.
     """
 
     spec: ScoreSpec
     metacam: pd.DataFrame
     singles: pd.DataFrame
+    controls: pd.DataFrame
     n_null: int
+
+    @property
+    def empty(self) -> bool:
+        return self.metacam.empty and self.singles.empty and self.controls.empty
+
+    def frame_of(self, kind: str) -> tuple[pd.DataFrame, str]:
+        """The long frame of one kind and its key column: metacam (combo_id), single or control (method)."""
+        return {"metacam": (self.metacam, "combo_id"), "single": (self.singles, "method"),
+                "control": (self.controls, "method")}[kind]
+
+    def matrix(self, kind: str, keys: list, n_units: int, field: str = "score") -> np.ndarray:
+        """``field`` of the entries ``keys`` of one kind as ``(n_units, len(keys))`` floats, NaN where absent."""
+        frame, column = self.frame_of(kind)
+        return wide(frame, column, n_units, keys=keys, value=field)[1]
+
+    def column(self, kind: str, key: int | str, n_units: int, field: str = "score") -> np.ndarray:
+        """One entry's ``field`` as a ``(n_units,)`` float array, NaN where absent."""
+        return self.matrix(kind, [key], n_units, field)[:, 0]
 
 
 def select_scores(dataset: Dataset, spec: ScoreSpec) -> Scores:
@@ -116,8 +169,7 @@ def select_scores(dataset: Dataset, spec: ScoreSpec) -> Scores:
     if spec.mode == "adaptive":
         chosen = rows["is_best_k"].fillna(False).to_numpy(dtype=bool)
         if not chosen.any():
-            raise AnalysisError("no rows are marked is_best_k, so there is no adaptive score; "
-                                "use --score plain or --score k=K")
+            raise AnalysisError("no rows are marked is_best_k, so there is no adaptive score; use --score plain")
     else:
         assert spec.k is not None
         present = dataset.k_values
@@ -125,17 +177,20 @@ def select_scores(dataset: Dataset, spec: ScoreSpec) -> Scores:
             listed = ", ".join(f"{k:g}" for k in present)
             raise AnalysisError(f"no rows with k = {spec.k:g} ({spec.mode} score); k values present: {listed}; "
                                 "choose --score k=K with one of them, or --score adaptive")
-        chosen = (np.abs(rows["k"].to_numpy(dtype=np.float64) - spec.k) <= K_TOLERANCE)
-    picked = rows.loc[chosen, ["kind", "combo_id", "method", "unit", spec.column]]
-    picked = picked.rename(columns={spec.column: "score"})
+        chosen = np.abs(rows["k"].to_numpy(dtype=np.float64) - spec.k) <= K_TOLERANCE
+    picked = rows.loc[chosen, ["kind", "combo_id", "method", "unit", spec.column, "is_best_k"]]
+    picked = picked.rename(columns={spec.column: "score", "is_best_k": "at_k_star"})
+    picked["at_k_star"] = picked["at_k_star"].fillna(False).astype(bool)
     picked["score"] = picked["score"].astype(np.float64)
     null = picked["score"].isna()
     picked = picked[~null]
 
     kind = picked["kind"].astype(str)
-    metacam = picked.loc[kind == "metacam", ["combo_id", "unit", "score"]].astype({"combo_id": np.int64})
-    singles = picked.loc[kind == "single", ["method", "unit", "score"]].astype({"method": str})
-    for frame, key, what in ((metacam, "combo_id", "MetaCAM experiment"), (singles, "method", "single method")):
+    metacam = picked.loc[kind == "metacam", ["combo_id", "unit", "score", "at_k_star"]].astype({"combo_id": np.int64})
+    singles = picked.loc[kind == "single", ["method", "unit", "score", "at_k_star"]].astype({"method": str})
+    controls = picked.loc[kind == "control", ["method", "unit", "score", "at_k_star"]].astype({"method": str})
+    for frame, key, what in ((metacam, "combo_id", "MetaCAM experiment"), (singles, "method", "single method"),
+                             (controls, "method", "control")):
         duplicated = frame.duplicated([key, "unit"])
         if duplicated.any():
             first = frame.loc[duplicated].iloc[0]
@@ -145,5 +200,23 @@ def select_scores(dataset: Dataset, spec: ScoreSpec) -> Scores:
                 f"(e.g. {key} {first[key]}, model {unit['model']}, image {unit['image_id']}); "
                 "the dataset holds some results twice — remove the duplicate files"
             )
-    return Scores(spec=spec, metacam=metacam.reset_index(drop=True),
-                  singles=singles.reset_index(drop=True), n_null=int(null.sum()))
+    return Scores(spec=spec, metacam=metacam.reset_index(drop=True), singles=singles.reset_index(drop=True),
+                  controls=controls.reset_index(drop=True), n_null=int(null.sum()))
+
+
+def wide(frame: pd.DataFrame, key: str, n_units: int, keys: list | None = None,
+         value: str = "score") -> tuple[list, np.ndarray]:
+    """Long scores ``(key, unit, value)`` as a ``(n_units, K)`` float matrix, NaN where absent.
+
+    Units are the dataset's codes 0..n_units-1; ``keys`` fixes the columns
+    (default: the sorted keys present). Returns (keys, matrix).
+    """
+    if keys is None:
+        keys = sorted(frame[key].unique().tolist())
+    position = {k: i for i, k in enumerate(keys)}
+    matrix = np.full((n_units, len(keys)), np.nan)
+    column = frame[key].map(position)
+    inside = column.notna().to_numpy()
+    matrix[frame["unit"].to_numpy(dtype=np.int64)[inside], column.to_numpy()[inside].astype(np.int64)] = (
+        frame[value].to_numpy(dtype=np.float64)[inside])
+    return keys, matrix

@@ -1,11 +1,14 @@
-"""Benchmark `metacam analyze` on a synthetic sweep: 64 experiments × N units (+ 12 single methods).
+"""Benchmark `metacam analyze` on a synthetic sweep: 2^G experiments × units (+ single methods, controls).
 
-    .venv/bin/python bench/analysis.py                 # 10,000 units, k grid 25/50/75/100
-    .venv/bin/python bench/analysis.py --ks 5:100:5    # the full default 20-point k grid
-    .venv/bin/python bench/analysis.py --units 2000 --interactions
+    .venv/bin/python bench/analysis.py                         # 6 groups, 2 models × 5,000 images = 10,000 units
+    .venv/bin/python bench/analysis.py --ks 5:100:5            # the full default 20-point k grid
+    .venv/bin/python bench/analysis.py --groups 10 --images 100 --targets 2
+    .venv/bin/python bench/analysis.py --images 1000 --interactions
 
 Prints the time to write the dataset (not part of the analysis) and the wall
-time of the analysis, split into reading, computing and writing outputs.
+time of the analysis, split into reading, computing (bootstrap, CRE, OLS,
+paired tests, study tables) and writing outputs. Name the CPU (/proc/cpuinfo)
+beside any number you quote.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder is first on sys.path and its name would shadow the
-# installed `analysis` package; drop that entry before importing it.
+# Run as a script, this file's folder is first on sys.path; drop it so nothing there shadows a package.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import numpy as np  # noqa: E402
@@ -26,7 +28,8 @@ from metacam.analysis.dataset import load_dataset  # noqa: E402
 from metacam.analysis.pipeline import compute  # noqa: E402
 from metacam.analysis.report import write_outputs  # noqa: E402
 from metacam.analysis.scores import parse_score  # noqa: E402
-from metacam.analysis.synthetic import write_synthetic  # noqa: E402
+from metacam.analysis.settings import DEFAULT_REPLICATES  # noqa: E402
+from metacam.analysis.synthetic import make_groups, write_synthetic  # noqa: E402
 
 
 def parse_ks(text: str) -> tuple[float, ...]:
@@ -37,36 +40,58 @@ def parse_ks(text: str) -> tuple[float, ...]:
     return tuple(float(k) for k in text.split(","))
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--units", type=int, default=10_000)
+    parser.add_argument("--groups", type=int, default=6, help="number of groups G (2^G experiments)")
+    parser.add_argument("--images", type=int, default=5_000, help="images per model")
+    parser.add_argument("--models", type=int, default=2)
+    parser.add_argument("--targets", type=int, default=1, help="target ranks per image")
     parser.add_argument("--ks", type=parse_ks, default=(25.0, 50.0, 75.0, 100.0))
     parser.add_argument("--interactions", action="store_true")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES)
     parser.add_argument("--dir", type=Path, default=None, help="keep the dataset here (default: a temp dir)")
     args = parser.parse_args()
 
+    groups = make_groups(args.groups)
+    models = tuple(f"model_{i}" for i in range(args.models))
     with tempfile.TemporaryDirectory() as temporary:
         root = args.dir or Path(temporary)
         start = time.perf_counter()
-        files = write_synthetic(root, args.units, ks=args.ks, seed=0)
+        files = write_synthetic(root, args.images, groups=groups, models=models, n_targets=args.targets,
+                                ks=args.ks, seed=0, optimism=0.01, heldout_noise=0.01)
         written = time.perf_counter() - start
         size = sum(f.stat().st_size for f in files) / 2**20
-        rows = args.units * (64 + 12) * len(args.ks)
-        print(f"dataset: {args.units} units × 64 experiments + 12 single methods × {len(args.ks)} k "
-              f"= {rows:,} rows, {len(files)} files, {size:.0f} MiB, written in {written:.1f} s")
+        units = args.images * args.models * args.targets
+        entries = groups.n_combos + sum(len(m) for m in groups.members) + 2
+        rows = units * entries * len(args.ks)
+        print(f"CPU: {cpu_name()}")
+        print(f"dataset: {units:,} units ({args.models} models × {args.images:,} images × {args.targets} targets) × "
+              f"{groups.n_combos} experiments + singles + controls × {len(args.ks)} k = {rows:,} rows, "
+              f"{len(files)} files, {size:.0f} MiB, written in {written:.1f} s")
 
         spec = parse_score("adaptive")
         out = root / "analysis"
         t0 = time.perf_counter()
         dataset = load_dataset(root, keep_k=(100.0,), exclude=[out])
         t1 = time.perf_counter()
-        result = compute(dataset, spec, interactions=args.interactions, out_dir=out)
+        result = compute(dataset, spec, interactions=args.interactions, out_dir=out, replicates=args.bootstrap)
         t2 = time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)
         write_outputs(result)
         t3 = time.perf_counter()
         print(f"analysis wall time: {t3 - t0:.2f} s  (read {t1 - t0:.2f} s, compute {t2 - t1:.2f} s "
-              f"[CRE, OLS{' + interactions' if args.interactions else ''}, tables], "
+              f"[{args.bootstrap} bootstrap replicates over {dataset.n_clusters:,} clusters, CRE, OLS"
+              f"{' + interactions' if args.interactions else ''}, paired tests, study tables], "
               f"write tables/figures/report {t3 - t2:.2f} s)")
         print(f"rows kept for scoring: {len(dataset.rows):,}; OLS rows: {result.fit.n_obs if result.fit else 0:,}")
 

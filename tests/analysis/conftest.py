@@ -6,50 +6,45 @@ from pathlib import Path
 
 import pytest
 
-from metacam.analysis.synthetic import write_synthetic
+from metacam.analysis.synthetic import make_groups, write_synthetic
 
-# Planted additive effects used by the planted-effect tests, all distinct so the order is known.
-PLANTED = {
-    "gradcam": 0.05,
-    "gradcampp": 0.03,
-    "perturbation": 0.02,
-    "eigen": -0.01,
-    "fullgrad": 0.005,
-    "random": -0.04,
-}
+GROUPS = make_groups(6)
+"""group1..group6, group6 a control: the comparator is combo 31."""
+PLANTED = dict(zip(GROUPS.names, (0.05, 0.03, 0.02, -0.01, 0.005, -0.04), strict=True))
+"""Planted additive effects, all distinct so the order is known."""
 
 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete 64-experiment sweep with 12 single methods, 40 units, k in {25, 50, 75, 100}."""
+    """A complete 64-experiment sweep, 12 single methods, 2 controls; 2 models × 20 images, top-1
+    (40 units, 40 clusters); k in {25, 50, 75, 100}; planted optimism 0.02 everywhere."""
     root = tmp_path_factory.mktemp("small")
-    write_synthetic(root, 40, seed=11)
+    write_synthetic(root, 20, groups=GROUPS, seed=11, optimism=0.02, heldout_noise=0.01)
     return root
 
 
 @pytest.fixture(scope="session")
 def planted_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Known additive effects, unit intercepts and noise over 150 units."""
+    """Known additive effects over one model × 150 images (150 clusters), k in {50, 100}."""
     root = tmp_path_factory.mktemp("planted")
-    # Each 95% CI misses its effect 5% of the time, so all six are covered for ~74% of seeds; this
-    # fixed seed is one of those (test_ci_coverage_is_nominal checks coverage over many seeds).
-    write_synthetic(root, 150, effects=PLANTED, noise=0.03, unit_sd=0.08, seed=1, ks=(50.0, 100.0))
+    write_synthetic(root, 150, groups=GROUPS, models=("m",), effects=PLANTED, noise=0.03, cluster_sd=0.08,
+                    seed=1, ks=(50.0, 100.0))
     return root
 
 
 @pytest.fixture(scope="session")
 def interaction_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Like planted_dataset plus a planted gradcam × eigen interaction of +0.04."""
+    """Like planted_dataset plus a planted group1 × group4 interaction of +0.04, no singles or controls."""
     root = tmp_path_factory.mktemp("interaction")
-    write_synthetic(
-        root,
-        150,
-        effects=PLANTED,
-        interaction=("gradcam", "eigen", 0.04),
-        noise=0.03,
-        unit_sd=0.08,
-        seed=6,
-        ks=(50.0, 100.0),
-        singles={},
-    )
+    write_synthetic(root, 150, groups=GROUPS, models=("m",), effects=PLANTED,
+                    interaction=("group1", "group4", 0.04), noise=0.03, cluster_sd=0.08, seed=6,
+                    ks=(50.0, 100.0), singles={}, controls={})
+    return root
+
+
+@pytest.fixture(scope="session")
+def study_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study: 2 models × 12 images × top-2 targets = 48 units in 24 clusters (< 30)."""
+    root = tmp_path_factory.mktemp("study")
+    write_synthetic(root, 12, groups=make_groups(3), models=("net_a", "net_b"), n_targets=2, seed=5)
     return root

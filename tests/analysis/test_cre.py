@@ -1,127 +1,166 @@
-"""CRE (DESIGN §2) against values computed by hand, and its relation to the main effects."""
+"""CRE (DESIGN §2) for any number of groups, against values computed by hand,
+and the identity CRE_g = 2^{G-1}·(mean − median) + 2^{G-2}·β_g."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from metacam.analysis.cre import (
     cre,
     cre_curves,
-    cre_ols_identity,
+    cre_identity,
     cre_per_unit,
-    experiment_summary,
+    experiment_means,
     main_effect_contrasts,
 )
 from metacam.analysis.pipeline import analyze
-from metacam.groups import GROUP_KEYS
+from metacam.analysis.synthetic import make_groups, write_synthetic
 from tests.analysis.helpers import write_hand
+
+SIX = list(make_groups(6).names)
 
 
 def long_frame(scores: dict[int, list[float]]) -> pd.DataFrame:
     """``scores[combo][unit]`` -> rows (combo_id, unit, score)."""
-    return pd.DataFrame(
-        [(c, u, s) for c, values in scores.items() for u, s in enumerate(values)],
-        columns=["combo_id", "unit", "score"],
-    )
+    return pd.DataFrame([(c, u, s) for c, values in scores.items() for u, s in enumerate(values)],
+                        columns=["combo_id", "unit", "score"])
 
 
-def test_cre_by_hand_linear_scores_end_to_end(tmp_path):
-    # s_e = e for e = 0..63 (two units at e - 1 and e + 1, so the mean over units is e).
-    # median of 0..63 = (31 + 32) / 2 = 31.5, so r_e = e - 31.5.
-    # Group i is on in the 32 combos with bit i set. Their sum of e:
-    #   each contributes 2^i (32·2^i in all) and each other bit j is set in 16 of them (16·2^j),
-    #   Σ e = 32·2^i + 16·(63 - 2^i) = 16·2^i + 1008.
-    # CRE_i = Σ e - 32·31.5 = 16·2^i + 1008 - 1008 = 16·2^i  ->  16, 32, 64, 128, 256, 512.
-    scores = {e: [e - 1.0, e + 1.0] for e in range(64)}
-    write_hand(tmp_path / "data", scores)
-    result = analyze(tmp_path / "data", tmp_path / "out")
+def test_two_groups_by_hand():
+    # s = (0, 0, 0, 4) for combos 0..3 (bit 0 = a, bit 1 = b). median = 0, mean = 1, r_e = s_e.
+    # CRE_a = r_1 + r_3 = 4, CRE_b = r_2 + r_3 = 4.
+    # Identity: 2^{G-1}·(mean − median) = 2·1 = 2; β_a = mean(s_1, s_3) − mean(s_0, s_2) = 2 − 0 = 2,
+    # 2^{G-2}·β_a = 1·2 = 2; 2 + 2 = 4 = CRE_a (and likewise for b).
+    means = pd.Series([0.0, 0.0, 0.0, 4.0], index=[0, 1, 2, 3])
+    np.testing.assert_allclose(cre(means, ["a", "b"]), [4.0, 4.0])
+    table, facts = cre_identity(means, ["a", "b"])
+    assert (facts["half"], facts["quarter"], facts["offset"]) == (2.0, 1.0, 2.0)
+    np.testing.assert_allclose(table["beta"], [2.0, 2.0])
+    np.testing.assert_allclose(table["identity_rhs"], [4.0, 4.0])
+    assert facts["complete"] is True and facts["max_abs_difference"] == 0.0
+
+
+def test_one_group_by_hand():
+    # G = 1: s = (1, 3): median 2, CRE = 3 − 2 = 1; identity: 1·(2 − 2) + 0.5·(3 − 1) = 1.
+    table, facts = cre_identity(pd.Series([1.0, 3.0], index=[0, 1]), ["only"])
+    assert table.loc["only", "cre"] == 1.0 and table.loc["only", "identity_rhs"] == 1.0
+    assert facts["quarter"] == 0.5
+
+
+@pytest.mark.parametrize("n_groups", [2, 3, 6])
+def test_linear_scores_give_powers_of_two(n_groups):
+    # s_e = e. median of 0..2^G−1 is (2^G − 1)/2. Group i is on in the 2^{G−1} combos with bit i set;
+    # their sum of e is 2^{G−1}·2^i + 2^{G−2}·(2^G − 1 − 2^i), so
+    # CRE_i = that − 2^{G−1}·(2^G − 1)/2 = 2^{G−2}·2^i (G = 3: 2, 4, 8; G = 6: 16, 32, ..., 512).
+    combos = np.arange(2**n_groups)
+    names = [f"g{i}" for i in range(n_groups)]
+    values = cre(pd.Series(combos.astype(float), index=combos), names)
+    np.testing.assert_allclose(values, [2.0 ** (n_groups - 2) * 2**i for i in range(n_groups)])
+
+
+def test_cre_end_to_end_by_hand(tmp_path):
+    # Six groups, s_e = e through the whole pipeline (two units at e − 1 and e + 1): CRE_i = 16·2^i.
+    write_hand(tmp_path / "data", {e: [e - 1.0, e + 1.0] for e in range(64)})
+    result = analyze(tmp_path / "data", tmp_path / "out", replicates=200)
+    expected = [16, 32, 64, 128, 256, 512]
     assert result.cre is not None
-    np.testing.assert_allclose(result.cre.to_numpy(), [16, 32, 64, 128, 256, 512], atol=1e-4)
+    np.testing.assert_allclose(result.cre.to_numpy(), expected, atol=1e-4)
     table = pd.read_csv(tmp_path / "out" / "cre.csv").set_index("group")
-    np.testing.assert_allclose(
-        table.loc[list(GROUP_KEYS), "cre"], [16, 32, 64, 128, 256, 512], atol=1e-4
-    )
-    # Per unit: unit 0 has s_e = e - 1 (median 30.5), unit 1 s_e = e + 1 (median 32.5);
-    # shifting all scores of a unit shifts its median too, so both units have the same CRE.
-    per_unit = result.per_unit
-    assert per_unit is not None
-    np.testing.assert_allclose(
-        per_unit[list(GROUP_KEYS)].to_numpy(), [[16, 32, 64, 128, 256, 512]] * 2, atol=1e-4
-    )
+    np.testing.assert_allclose(table.loc[SIX, "cre"], expected, atol=1e-4)
+    # Per unit: shifting all scores of a unit shifts its median too, so both units have the same CRE.
+    assert result.per_unit is not None
+    np.testing.assert_allclose(result.per_unit[SIX].to_numpy(), [expected] * 2, atol=1e-4)
+
+
+@pytest.mark.parametrize("n_groups", [3, 7])
+def test_synthetic_sweeps_satisfy_the_identity(tmp_path, n_groups):
+    groups = make_groups(n_groups)
+    write_synthetic(tmp_path / "data", 12, groups=groups, models=("m",), seed=n_groups, singles={}, controls={})
+    result = analyze(tmp_path / "data", tmp_path / "out", replicates=200)
+    assert result.cre is not None and len(result.cre) == n_groups
+    # Recomputed independently from the raw Parquet rows: held-out scores at k*.
+    raw = pq.read_table(tmp_path / "data").to_pandas()
+    best = raw[(raw["kind"] == "metacam") & raw["is_best_k"]]
+    means = best.groupby("combo_id")["road_heldout_combined"].mean().astype(float)
+    assert len(means) == 2**n_groups
+    combos = means.index.to_numpy(dtype=np.int64)
+    for bit, name in enumerate(groups.names):
+        on = (combos >> bit & 1) == 1
+        beta = means[on].mean() - means[~on].mean()
+        rhs = 2 ** (n_groups - 1) * (means.mean() - means.median()) + 2 ** (n_groups - 2) * beta
+        assert result.cre[name] == pytest.approx(rhs, abs=1e-9)
+        assert result.cre[name] == pytest.approx((means - means.median())[on].sum(), abs=1e-9)
+    table = pd.read_csv(tmp_path / "out" / "cre_identity.csv")
+    assert len(table) == n_groups and table["difference"].abs().max() < 1e-12
+    assert f"CRE_g = 2^{n_groups - 1}·(mean − median) + 2^{n_groups - 2}·β_g" in (
+        tmp_path / "out" / "report.md").read_text()
 
 
 def test_cre_by_hand_two_outliers():
-    # s_e = 0 everywhere except s_63 = 6.4 (all groups on) and s_1 = -1 (gradcam only).
-    # Sorted: -1, 0 (62 times), 6.4 -> the 32nd and 33rd values are 0 -> median 0, r_e = s_e.
-    # gradcam is on in 1 and 63: CRE = -1 + 6.4 = 5.4; every other group is on only in 63: 6.4.
+    # s_e = 0 everywhere except s_63 = 6.4 (all groups on) and s_1 = −1 (first group only).
+    # Sorted: −1, 0 (62 times), 6.4 -> median 0, r_e = s_e.
+    # group1 is on in 1 and 63: CRE = −1 + 6.4 = 5.4; every other group only in 63: 6.4.
     means = pd.Series(0.0, index=range(64))
     means[63], means[1] = 6.4, -1.0
-    np.testing.assert_allclose(cre(means).to_numpy(), [5.4, 6.4, 6.4, 6.4, 6.4, 6.4])
+    np.testing.assert_allclose(cre(means, SIX).to_numpy(), [5.4, 6.4, 6.4, 6.4, 6.4, 6.4])
 
 
 def test_cre_by_hand_partial_sweep():
-    # Only combos 0..3 present with s_e = e: median of {0,1,2,3} = 1.5, r = -1.5, -0.5, 0.5, 1.5.
-    # gradcam (bit 0) on in 1 and 3: -0.5 + 1.5 = 1.0; gradcampp (bit 1) on in 2 and 3: 0.5 + 1.5 = 2.0;
-    # the other groups are on in none of them: 0.
+    # Only combos 0..3 present with s_e = e: median 1.5, r = −1.5, −0.5, 0.5, 1.5.
+    # group1 (bit 0) on in 1 and 3: 1.0; group2 (bit 1) on in 2 and 3: 2.0; the others in none: 0.
     means = pd.Series([0.0, 1.0, 2.0, 3.0], index=[0, 1, 2, 3])
-    np.testing.assert_allclose(cre(means).to_numpy(), [1.0, 2.0, 0, 0, 0, 0])
+    np.testing.assert_allclose(cre(means, SIX).to_numpy(), [1.0, 2.0, 0, 0, 0, 0])
+    _, facts = cre_identity(means, SIX)
+    assert facts["complete"] is False
 
 
 def test_per_unit_cre_uses_each_units_own_median_and_experiments():
-    # Unit 0: combos 0..3 with scores 0, 1, 2, 3 -> as above: gradcam 1.0, gradcampp 2.0.
-    # Unit 1: combos 0, 1, 2 only, scores 10, 10, 13 -> median 10, r = 0, 0, 3:
-    #   gradcam (on in 1) 0; gradcampp (on in 2) 3.
+    # Unit 0: combos 0..3 with scores 0, 1, 2, 3 -> group1 1.0, group2 2.0 (as above).
+    # Unit 1: combos 0, 1, 2 only, scores 10, 10, 13 -> median 10, r = 0, 0, 3: group1 0, group2 3.
     frame = long_frame({0: [0.0, 10.0], 1: [1.0, 10.0], 2: [2.0, 13.0]})
     frame = pd.concat([frame, pd.DataFrame({"combo_id": [3], "unit": [0], "score": [3.0]})])
-    table = cre_per_unit(frame)
-    np.testing.assert_allclose(table.loc[0, list(GROUP_KEYS)], [1.0, 2.0, 0, 0, 0, 0])
-    np.testing.assert_allclose(table.loc[1, list(GROUP_KEYS)], [0.0, 3.0, 0, 0, 0, 0])
+    table = cre_per_unit(frame, SIX)
+    np.testing.assert_allclose(table.loc[0, SIX], [1.0, 2.0, 0, 0, 0, 0])
+    np.testing.assert_allclose(table.loc[1, SIX], [0.0, 3.0, 0, 0, 0, 0])
     assert table["n_experiments"].tolist() == [4, 3]
-
-
-def test_experiment_summary_ranks_best_first_and_mean_over_units():
-    frame = long_frame({0: [1.0, 3.0], 5: [4.0, 6.0], 9: [0.0, 2.0]})
-    summary = experiment_summary(frame)
-    assert summary["combo_id"].tolist() == [5, 0, 9]
-    assert summary["mean"].tolist() == [5.0, 2.0, 1.0]
-    assert summary["residual"].tolist() == [3.0, 0.0, -1.0]  # median of 5, 2, 1 is 2
-    assert summary.loc[0, "method"] == "gradcam+perturbation"  # 5 = bits 0 and 2
-    # Lower is better (MoRF): the order flips.
-    assert experiment_summary(frame, sign=-1)["combo_id"].tolist() == [9, 0, 5]
 
 
 def test_curves_end_at_cre_and_follow_the_ranking():
     rng = np.random.default_rng(0)
     means = pd.Series(rng.normal(size=64), index=range(64))
-    curves = cre_curves(means)
+    curves = cre_curves(means, SIX)
     assert (np.diff(curves["score"]) <= 0).all()  # best first
-    np.testing.assert_allclose(curves[list(GROUP_KEYS)].iloc[-1], cre(means))
+    np.testing.assert_allclose(curves[SIX].iloc[-1], cre(means, SIX))
     first = int(curves["combo_id"].iloc[0])
-    for bit, group in enumerate(
-        GROUP_KEYS
-    ):  # after one step only the best experiment's groups moved
+    for bit, group in enumerate(SIX):  # after one step only the best experiment's groups moved
         expected = curves["residual"].iloc[0] if first >> bit & 1 else 0.0
         assert curves[group].iloc[0] == pytest.approx(expected)
+    # Lower is better: the order flips.
+    assert (np.diff(cre_curves(means, SIX, sign=-1)["score"]) >= 0).all()
 
 
-def test_identity_with_main_effects_holds_on_complete_design_only():
+def test_identity_holds_on_complete_designs_only():
     rng = np.random.default_rng(1)
+    for n_groups in (1, 4, 10):
+        names = [f"g{i}" for i in range(n_groups)]
+        means = pd.Series(rng.normal(size=2**n_groups), index=range(2**n_groups))
+        expected = (2 ** (n_groups - 1) * (means.mean() - means.median())
+                    + 2 ** (n_groups - 2) * main_effect_contrasts(means, names))
+        np.testing.assert_allclose(cre(means, names), expected, atol=1e-9)
     means = pd.Series(rng.normal(size=64), index=range(64))
-    table, facts = cre_ols_identity(means)
-    assert facts["complete"] is True
-    beta = main_effect_contrasts(means)
-    expected = 32 * (means.mean() - means.median()) + 16 * beta
-    np.testing.assert_allclose(cre(means), expected, atol=1e-12)
-    assert facts["max_abs_difference"] < 1e-12
-
     partial = means.drop([3, 17, 40, 41])
-    _, facts = cre_ols_identity(partial)
-    assert facts["complete"] is False
-    assert facts["max_abs_difference"] > 1e-6
+    _, facts = cre_identity(partial, SIX)
+    assert facts["complete"] is False and facts["max_abs_difference"] > 1e-6
     # What always holds: CRE_g = n_g · (mean with g on − median).
     flags = (partial.index.to_numpy()[:, None] >> np.arange(6)) & 1
-    for bit, group in enumerate(GROUP_KEYS):
+    for bit, group in enumerate(SIX):
         on = partial[flags[:, bit] == 1]
-        assert cre(partial)[group] == pytest.approx(len(on) * (on.mean() - partial.median()))
+        assert cre(partial, SIX)[group] == pytest.approx(len(on) * (on.mean() - partial.median()))
+
+
+def test_experiment_means():
+    frame = long_frame({0: [1.0, 3.0], 5: [4.0, 6.0]})
+    assert experiment_means(frame).to_dict() == {0: 2.0, 5: 5.0}

@@ -1,4 +1,5 @@
-"""Reading the results dataset: which files, which rows, and clear errors for bad input."""
+"""Reading the results dataset: which files, which rows, groups and tie rule from the data,
+stated defaults, and clear errors for bad input."""
 
 from __future__ import annotations
 
@@ -11,61 +12,108 @@ import pytest
 from metacam.analysis.dataset import find_parquet_files, load_dataset
 from metacam.analysis.errors import AnalysisError
 from metacam.analysis.scores import parse_score, select_scores
-from metacam.analysis.synthetic import synthetic_results, write_results
+from metacam.analysis.synthetic import (
+    OPTIONAL_PROVENANCE,
+    make_groups,
+    synthetic_results,
+    write_results,
+)
+from metacam.schema import REQUIRED_COLUMNS
 from tests.analysis.helpers import hand_frame
+
+GROUPS = make_groups(3)
 
 
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:
-    return synthetic_results(6, seed=3, singles={"gradcam": 0.1, "scorecam": 0.2})
+    """3 groups (8 combos), 2 single methods, 2 controls; 2 models × 3 images × top-2 = 12 units."""
+    return synthetic_results(3, groups=GROUPS, n_targets=2, seed=3,
+                             singles={"group1_cam1": 0.1, "group2_cam1": 0.2})
 
 
-def test_finds_nested_parquet_and_skips_hidden_tmp_and_output(tmp_path):
+def test_finds_nested_parquet_and_skips_hidden_tmp_manifest_and_output(tmp_path):
     table = pa.table({"x": [1]})
-    for name in [
-        "a.parquet",
-        "sub/b.parquet",
-        "sub/deeper/c.parquet",
-        ".hidden.parquet",
-        "x.parquet.tmp",
-        ".cache/d.parquet",
-        "job.tmp/e.parquet",
-        "analysis/f.parquet",
-        "notes.txt",
-    ]:
+    for name in ["a.parquet", "sub/b.parquet", "sub/deeper/c.parquet", ".hidden.parquet", "x.parquet.tmp",
+                 ".cache/d.parquet", "job.tmp/e.parquet", "analysis/f.parquet", "_manifest/g.parquet",
+                 "notes.txt"]:
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
-    found = [
-        p.relative_to(tmp_path).as_posix()
-        for p in find_parquet_files(tmp_path, [tmp_path / "analysis"])
-    ]
+    found = [p.relative_to(tmp_path).as_posix() for p in find_parquet_files(tmp_path, [tmp_path / "analysis"])]
     assert found == ["a.parquet", "sub/b.parquet", "sub/deeper/c.parquet"]
 
 
-def test_reads_rows_and_units(tmp_path, frame):
-    write_results(frame, tmp_path)
+def test_reads_rows_units_groups_and_provenance(tmp_path, frame):
+    write_results(frame, tmp_path, GROUPS)
+    (tmp_path / "_manifest").mkdir()
+    (tmp_path / "_manifest" / "job.json").write_text("{}")
     dataset = load_dataset(tmp_path)
-    assert dataset.sweep_id == "synthetic" and dataset.road_mode == "default"
+    assert dataset.sweep_id == "synthetic" and dataset.ties == "random"
+    assert dataset.ties_source == "column road_ties"
+    assert dataset.groups == GROUPS and dataset.groups_source == "metadata"
+    assert dataset.groups.controls == (False, False, True) and dataset.groups.comparator == 3
     assert dataset.k_values == (25.0, 50.0, 75.0, 100.0)
-    assert len(dataset.units) == 6 and dataset.n_rows == len(frame)
-    assert len(dataset.files) == 64 + 2
+    assert len(dataset.units) == 12 and dataset.n_clusters == 6 and dataset.n_rows == len(frame)
+    assert sorted(dataset.units["target_rank"].unique()) == [1, 2]
+    assert len(dataset.files) == 8 + 2 + 2
     # Kept: the k* rows and the k = 100 rows (they coincide where k* = 100).
-    expected = frame[frame["is_best_k"] | (frame["k"] == 100)]
-    assert len(dataset.rows) == len(expected)
+    assert len(dataset.rows) == int((frame["is_best_k"] | (frame["k"] == 100)).sum())
     scores = select_scores(dataset, parse_score("adaptive"))
-    assert len(scores.metacam) == 64 * 6 and len(scores.singles) == 2 * 6
+    assert len(scores.metacam) == 8 * 12 and len(scores.singles) == 2 * 12 and len(scores.controls) == 2 * 12
+    expected = frame[(frame["kind"] == "metacam") & frame["is_best_k"]]["road_heldout_combined"].astype(float)
+    assert sorted(scores.metacam["score"]) == pytest.approx(sorted(expected))
 
 
-@pytest.mark.parametrize(
-    ("setup", "message"),
-    [
-        ("missing", "does not exist"),
-        ("empty", "is empty"),
-        ("text-only", "no Parquet files"),
-        ("corrupt", "cannot read 'bad.parquet' as Parquet"),
-    ],
-)
+def test_design_columns_alone_suffice_and_defaults_are_stated(tmp_path, frame):
+    # No file metadata, no road_ties/road_mode, no optional provenance, nothing beyond DESIGN §3.
+    keep = [c for c in frame.columns if c in REQUIRED_COLUMNS or c.startswith("g_")]
+    assert not set(OPTIONAL_PROVENANCE) & set(keep)
+    write_results(frame[keep], tmp_path)
+    dataset = load_dataset(tmp_path)
+    assert dataset.ties == "random" and dataset.ties_source.startswith("not recorded")
+    assert dataset.groups_source == "columns" and dataset.groups.names == GROUPS.names
+    assert dataset.groups.controls == (False, False, False) and dataset.groups.comparator == 7
+    # Members as far as the single-method rows show them.
+    assert dataset.groups.members == (("group1_cam1",), ("group2_cam1",), ())
+    assert dataset.provenance == {}
+
+
+def test_legacy_road_mode_is_mapped(tmp_path, frame):
+    legacy = frame.drop(columns=["road_ties"]).assign(road_mode="paper")
+    write_results(legacy, tmp_path)
+    dataset = load_dataset(tmp_path)
+    assert dataset.ties == "inclusive" and "road_mode" in dataset.ties_source
+
+
+def test_tie_rule_from_metadata_when_no_column(tmp_path, frame):
+    provenance = {"ties": "inclusive", "ks": [25, 50, 75, 100]}
+    write_results(frame.drop(columns=["road_ties"]), tmp_path, GROUPS, provenance=provenance)
+    dataset = load_dataset(tmp_path)
+    assert dataset.ties == "inclusive" and dataset.ties_source == "file metadata"
+    assert dataset.provenance == provenance
+
+
+def test_mixed_tie_rules_are_refused(tmp_path, frame):
+    mixed = frame.copy()
+    mixed.loc[mixed["combo_id"] == 5, "road_ties"] = "inclusive"
+    write_results(mixed, tmp_path, GROUPS)
+    with pytest.raises(AnalysisError, match="mixes ROAD tie rules inclusive, random"):
+        load_dataset(tmp_path)
+
+
+def test_mixed_legacy_and_new_columns_are_compared_after_mapping(tmp_path, frame):
+    old = frame[frame["kind"] == "metacam"].drop(columns=["road_ties"]).assign(road_mode="default")
+    write_results(old, tmp_path / "old")
+    write_results(frame[frame["kind"] != "metacam"], tmp_path / "new")
+    assert load_dataset(tmp_path).ties == "random"  # default == random: not a mix
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    ("missing", "does not exist"),
+    ("empty", "is empty"),
+    ("text-only", "no Parquet files"),
+    ("corrupt", "cannot read 'bad.parquet' as Parquet"),
+])
 def test_bad_folders_give_clear_errors(tmp_path, setup, message):
     root = tmp_path / "results"
     if setup != "missing":
@@ -79,98 +127,128 @@ def test_bad_folders_give_clear_errors(tmp_path, setup, message):
 
 
 def test_missing_columns_are_named(tmp_path, frame):
-    write_results(frame.drop(columns=["road_lerf", "status"]), tmp_path, schema=None)
-    with pytest.raises(
-        AnalysisError, match=r"lack\(s\) required column\(s\) road_lerf, status"
-    ) as error:
+    write_results(frame.drop(columns=["road_heldout_lerf", "status"]), tmp_path, GROUPS)
+    with pytest.raises(AnalysisError, match=r"lack\(s\) required column\(s\) road_heldout_lerf, status") as error:
         load_dataset(tmp_path)
-    assert "and 65 other file(s)" in str(error.value)
+    assert "and 11 other file(s)" in str(error.value)
+
+
+def test_a_file_missing_a_group_flag_is_refused(tmp_path, frame):
+    write_results(frame[frame["kind"] == "metacam"], tmp_path, GROUPS)
+    write_results(frame[frame["kind"] != "metacam"].drop(columns=["g_group2"]), tmp_path / "other", GROUPS)
+    with pytest.raises(AnalysisError, match="required column.*g_group2"):
+        load_dataset(tmp_path)
 
 
 def test_extra_columns_and_wider_types_are_accepted(tmp_path, frame):
-    wider = frame.assign(
-        extra="x", k=frame["k"].astype(np.float64), combo_id=frame["combo_id"].astype("Int64")
-    )
-    write_results(wider, tmp_path, schema=None)
-    assert len(load_dataset(tmp_path).units) == 6
+    wider = frame.assign(extra="x", k=frame["k"].astype(np.float64), combo_id=frame["combo_id"].astype("Int64"))
+    write_results(wider, tmp_path, GROUPS, typed=False)
+    assert len(load_dataset(tmp_path).units) == 12
 
 
 def test_several_sweeps_need_a_choice(tmp_path, frame):
-    write_results(frame, tmp_path / "one")
-    write_results(frame.assign(sweep_id="two"), tmp_path / "two")
-    with pytest.raises(
-        AnalysisError, match=r"holds 2 sweeps \(synthetic, two\); choose one with --sweep-id"
-    ):
+    write_results(frame, tmp_path / "one", GROUPS)
+    write_results(frame.assign(sweep_id="two"), tmp_path / "two", GROUPS)
+    with pytest.raises(AnalysisError, match=r"holds 2 sweeps \(synthetic, two\); choose one with --sweep-id"):
         load_dataset(tmp_path)
     assert load_dataset(tmp_path, sweep_id="two").sweep_id == "two"
-    with pytest.raises(
-        AnalysisError, match="'three' is not in the dataset; sweeps present: synthetic, two"
-    ):
+    with pytest.raises(AnalysisError, match="'three' is not in the dataset; sweeps present: synthetic, two"):
         load_dataset(tmp_path, sweep_id="three")
 
 
-def test_mixed_road_modes_are_refused(tmp_path, frame):
-    mixed = frame.copy()
-    mixed.loc[mixed["combo_id"] == 5, "road_mode"] = "paper"
-    write_results(mixed, tmp_path)
-    with pytest.raises(AnalysisError, match="mixes ROAD modes default, paper"):
+def test_sweeps_with_different_groups_can_share_a_folder(tmp_path, frame):
+    write_results(frame, tmp_path / "three", GROUPS)
+    six = make_groups(6)
+    other = synthetic_results(2, groups=six, ks=(100.0,), sweep_id="six", singles={}, controls={})
+    write_results(other, tmp_path / "six", six)
+    assert load_dataset(tmp_path, sweep_id="six").groups == six
+    assert load_dataset(tmp_path, sweep_id="synthetic").groups == GROUPS
+
+
+def test_one_sweep_with_two_group_definitions_is_refused(tmp_path, frame):
+    write_results(frame[frame["kind"] == "metacam"], tmp_path / "a", GROUPS)
+    renamed = make_groups(3, sizes=(2, 2, 1))
+    write_results(frame[frame["kind"] != "metacam"], tmp_path / "b", renamed)
+    with pytest.raises(AnalysisError, match="record different group definitions"):
         load_dataset(tmp_path)
 
 
 def test_failed_rows_are_excluded_and_kept_aside(tmp_path):
-    scores = {c: [1.0, 2.0] for c in range(64)}
-    frame = hand_frame(scores)
+    frame = hand_frame({c: [1.0, 2.0] for c in range(64)})
     failed = (frame["combo_id"] == 9) & (frame["image_id"] == frame["image_id"].min())
-    frame.loc[failed, "status"] = "unreadable image"
-    frame.loc[failed, "road_combined"] = 1000.0  # must not leak into any mean
-    write_results(frame, tmp_path)
+    frame.loc[failed, "status"] = "plug-in mypkg:cam returned NaN"
+    frame.loc[failed, ["road_combined", "road_heldout_combined"]] = 1000.0  # must not leak into any mean
+    write_results(frame, tmp_path, make_groups(6))
     dataset = load_dataset(tmp_path)
-    assert dataset.failed["status"].tolist() == ["unreadable image"]
+    assert dataset.failed["status"].tolist() == ["plug-in mypkg:cam returned NaN"]
     metacam = select_scores(dataset, parse_score("adaptive")).metacam
     assert len(metacam) == 127
     assert metacam.loc[metacam["combo_id"] == 9, "score"].tolist() == [2.0]
 
 
 def test_all_rows_failed_is_an_error(tmp_path, frame):
-    write_results(frame.assign(status="out of memory"), tmp_path)
+    write_results(frame.assign(status="out of memory in ROAD forward at batch 1"), tmp_path, GROUPS)
     with pytest.raises(AnalysisError, match="no rows with status 'ok'.*out of memory"):
         load_dataset(tmp_path)
 
 
 def test_flags_must_match_combo_id(tmp_path, frame):
     broken = frame.copy()
-    broken.loc[broken["combo_id"] == 4, "g_gradcam"] = True
-    write_results(broken, tmp_path)
-    with pytest.raises(AnalysisError, match="do not match their combo_id.*combo 4"):
+    broken.loc[broken["combo_id"] == 4, "g_group1"] = True
+    write_results(broken, tmp_path, GROUPS)
+    with pytest.raises(AnalysisError, match=r"do not match their combo_id \(bit 0 = group1, ...\), e.g. combo 4"):
+        load_dataset(tmp_path)
+
+
+def test_combo_id_outside_the_design_is_refused(tmp_path, frame):
+    broken = frame.copy()
+    broken.loc[broken["combo_id"] == 7, "combo_id"] = 8  # 3 groups: 0..7
+    write_results(broken, tmp_path, GROUPS)
+    with pytest.raises(AnalysisError, match=r"combo_id outside 0..7 \(e.g. 8\)"):
         load_dataset(tmp_path)
 
 
 def test_duplicate_results_are_refused(tmp_path, frame):
-    write_results(frame, tmp_path / "a")
-    write_results(frame[frame["combo_id"] == 3], tmp_path / "b")  # combo 3 written twice
+    write_results(frame, tmp_path / "a", GROUPS)
+    write_results(frame[frame["combo_id"] == 3], tmp_path / "b", GROUPS)  # combo 3 written twice
     dataset = load_dataset(tmp_path)
     with pytest.raises(AnalysisError, match="more than once.*combo_id 3.*remove the duplicate"):
         select_scores(dataset, parse_score("adaptive"))
 
 
 def test_score_choices(tmp_path, frame):
-    write_results(frame, tmp_path)
+    write_results(frame, tmp_path, GROUPS)
     dataset = load_dataset(tmp_path, keep_k=(100.0, 50.0))
+    metacam = frame["kind"] == "metacam"
     plain = select_scores(dataset, parse_score("plain"))
-    expected = frame[(frame["kind"] == "metacam") & (frame["k"] == 100)]["road_combined"]
+    expected = frame[metacam & (frame["k"] == 100)]["road_heldout_combined"]
     assert sorted(plain.metacam["score"]) == pytest.approx(sorted(expected.astype(float)))
-    at_50 = select_scores(dataset, parse_score("k=50", "lerf"))
-    expected = frame[(frame["kind"] == "metacam") & (frame["k"] == 50)]["road_lerf"]
+    at_50 = select_scores(dataset, parse_score("k=50", "lerf", heldout=False))
+    expected = frame[metacam & (frame["k"] == 50)]["road_lerf"]
     assert sorted(at_50.metacam["score"]) == pytest.approx(sorted(expected.astype(float)))
-    with pytest.raises(
-        AnalysisError, match="no rows with k = 33.*k values present: 25, 50, 75, 100"
-    ):
-        select_scores(load_dataset(tmp_path, keep_k=(33.0,)), parse_score("k=33"))
+    deletion = select_scores(dataset, parse_score("adaptive", "deletion"))
+    expected = frame[metacam & frame["is_best_k"]]["deletion_auc"]
+    assert sorted(deletion.metacam["score"]) == pytest.approx(sorted(expected.astype(float)))
+    with pytest.raises(AnalysisError, match="no rows with k = 33.*k values present: 25, 50, 75, 100"):
+        select_scores(load_dataset(tmp_path, keep_k=(33.0,)), parse_score("k=33", heldout=False))
 
 
-@pytest.mark.parametrize("text", ["best", "k=0", "k=150", "k=abc"])
-def test_bad_score_options(text):
-    with pytest.raises(AnalysisError, match="--score"):
-        parse_score(text)
-    with pytest.raises(AnalysisError, match="--metric 'auc' is unknown"):
-        parse_score("adaptive", "auc")
+@pytest.mark.parametrize(("text", "metric", "heldout", "message"), [
+    ("best", "combined", True, "--score 'best' is unknown"),
+    ("k=0", "combined", True, "K must be a percentage"),
+    ("k=150", "combined", True, "K must be a percentage"),
+    ("k=abc", "combined", True, "K must be a percentage"),
+    ("k=25", "combined", True, "held-out ROAD and deletion/insertion AUC exist only at k\\* and k = 100"),
+    ("k=25", "deletion", False, "exist only at k\\* and k = 100"),
+    ("adaptive", "auc", True, "--metric 'auc' is unknown; use one of combined, morf, lerf, deletion, insertion"),
+])
+def test_bad_score_options(text, metric, heldout, message):
+    with pytest.raises(AnalysisError, match=message):
+        parse_score(text, metric, heldout=heldout)
+
+
+def test_k_100_is_the_plain_score():
+    assert parse_score("k=100").mode == "plain"
+    spec = parse_score("adaptive", "deletion")
+    assert spec.column == "deletion_auc" and spec.sign == -1 and spec.short == "adaptive deletion AUC"
+    assert parse_score("plain", "combined", heldout=False).short == "in-sample plain ROAD combined"

@@ -1,0 +1,130 @@
+"""The evidence for the paper's question: planted optimism is reported, the comparator and
+the in-sample best are kept apart, the gain splits into ensembling and thresholding, and
+the headline answer follows the planted truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metacam.analysis.pipeline import analyze
+from metacam.analysis.synthetic import make_groups, write_synthetic
+
+GROUPS = make_groups(3)  # group3 is the control: comparator = combo 3 (group1+group2)
+COMPARATOR = GROUPS.combo_name(GROUPS.comparator)
+OPTIMISM = {"group1_cam1": 0.05, "group1_cam2": 0.0, "group2_cam1": 0.012, COMPARATOR: 0.03,
+            "shuffled": 0.02, "group1": 0.5}  # "group1" = combo 1's method: a large planted optimism
+# In-sample levels: combo 1 (group1 alone) 0.16 is the in-sample best, the comparator 0.155;
+# held-out (level − optimism): comparator 0.125, combo 1 −0.34, best single group1_cam2 0.10.
+EFFECTS = {"group1": 0.06, "group2": -0.005, "group3": -0.05}
+SINGLES = {"group1_cam1": 0.12, "group1_cam2": 0.10, "group1_cam3": 0.09, "group2_cam1": 0.08,
+           "group2_cam2": 0.07, "group2_cam3": 0.06, "group3_random": 0.0}
+
+
+@pytest.fixture(scope="module")
+def optimism_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("optimism")
+    write_synthetic(root / "data", 40, groups=GROUPS, seed=2, optimism=OPTIMISM, effects=EFFECTS, singles=SINGLES)
+    return analyze(root / "data", root / "out", replicates=300), root / "out"
+
+
+def test_planted_optimism_is_reported_per_method(optimism_run):
+    _, out = optimism_run
+    table = pd.read_csv(out / "optimism.csv")
+    by_entry = table.set_index("entry")["optimism"]
+    # No held-out noise: in-sample minus held-out at k* is exactly the planted value (float32 rows).
+    assert by_entry["group1_cam1"] == pytest.approx(0.05, abs=1e-6)
+    assert by_entry["group1_cam2"] == pytest.approx(0.0, abs=1e-6)
+    assert by_entry["group2_cam1"] == pytest.approx(0.012, abs=1e-6)
+    assert by_entry["shuffled"] == pytest.approx(0.02, abs=1e-6)
+    assert by_entry["smooth_noise"] == pytest.approx(0.0, abs=1e-6)
+    assert by_entry[f"MetaCAM comparator: {COMPARATOR}"] == pytest.approx(0.03, abs=1e-6)
+    assert by_entry["group1"] == pytest.approx(0.5, abs=1e-6)
+    # The plain rows that are not k* carry no planted optimism: the gap is 0 and all of it is excess.
+    np.testing.assert_allclose(table["plain_gap"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(table["excess"], table["optimism"], atol=1e-6)
+    assert (table["n_units"] == 80).all() and len(table) == 8 + 7 + 2  # combos, singles, controls
+    report = (out / "report.md").read_text()
+    assert "## Optimism of in-sample scores" in report and "| group1_cam1 (single) |" in report
+
+
+def test_planted_optimism_within_its_ci_with_heldout_noise(tmp_path):
+    write_synthetic(tmp_path / "data", 40, groups=GROUPS, seed=3, optimism=OPTIMISM, heldout_noise=0.02,
+                    effects=EFFECTS, singles=SINGLES)
+    analyze(tmp_path / "data", tmp_path / "out", replicates=500)
+    table = pd.read_csv(tmp_path / "out" / "optimism.csv").set_index("entry")
+    for entry, planted in (("group1_cam1", 0.05), ("group2_cam1", 0.012), ("shuffled", 0.02)):
+        row = table.loc[entry]
+        assert row["optimism_ci_low"] <= planted <= row["optimism_ci_high"], entry
+        assert row["optimism_ci_high"] - row["optimism_ci_low"] < 0.02
+
+
+def test_best_is_chosen_in_sample_and_kept_apart_from_the_comparator(optimism_run):
+    result, out = optimism_run
+    # combo 1 (group1) is the best in-sample; its planted optimism of 0.5 sinks it held-out.
+    assert result.best == 1 and GROUPS.comparator == 3
+    paper = pd.read_csv(out / "metacam_vs_single.csv")
+    assert paper["entry"].tolist()[:2] == [f"MetaCAM comparator: {COMPARATOR}", "MetaCAM best in-sample: group1"]
+    report = (out / "report.md").read_text()
+    assert "The best combination *chosen in-sample* is `group1` (combo 1)" in report
+    # Held-out, the comparator (group1 + group2) beats it: the planted effects favour it.
+    assert paper.loc[0, "adaptive_mean"] > paper.loc[1, "adaptive_mean"]
+
+
+def test_gain_split_adds_up(optimism_run):
+    result, _ = optimism_run
+    gains = result.gains
+    assert gains is not None and set(gains["metric"]) == {"combined", "deletion", "insertion"}
+    for _, part in gains.groupby("metric"):
+        mean = part.set_index("component")["mean"]
+        assert mean["ensembling"] + mean["thresholding"] == pytest.approx(mean["total"], abs=1e-12)
+    # The best single plain is chosen on in-sample plain scores: group1_cam1 (the highest level),
+    # although held-out group1_cam2 is better.
+    assert "group1_cam1 plain" in gains.loc[0, "contrast"]
+
+
+def test_comparisons_are_held_out_by_default_and_in_sample_on_request(optimism_run, tmp_path):
+    result, out = optimism_run
+    comparisons = pd.read_csv(out / "comparisons.csv")
+    road = comparisons[comparisons["metric"] == "combined"].set_index("opponent")
+    assert road["score"].iloc[0] == "held-out adaptive ROAD combined"
+    held_out = road.loc["group1_cam1", "mean_difference"]
+    in_sample = analyze(result.dataset.root, tmp_path / "in", in_sample=True, replicates=300)
+    assert in_sample.comparisons is not None
+    road_in = in_sample.comparisons[in_sample.comparisons["metric"] == "combined"].set_index("opponent")
+    assert road_in["score"].iloc[0] == "in-sample adaptive ROAD combined"
+    # In-sample the comparator gains its optimism (0.03) and group1_cam1 its own (0.05).
+    assert road_in.loc["group1_cam1", "mean_difference"] == pytest.approx(held_out + 0.03 - 0.05, abs=1e-6)
+    assert "in-sample (optimistic)" in (tmp_path / "in" / "report.md").read_text()
+
+
+def test_headline_yes_when_metacam_beats_everything(optimism_run):
+    result, out = optimism_run
+    headline = pd.read_csv(out / "headline.csv").set_index("metric")
+    assert headline.loc["combined", "beats_every_single"] and headline.loc["combined", "beats_controls"]
+    assert headline.loc["combined", "singles"] == 7 and headline.loc["combined", "controls"] == 2
+    assert bool(headline.loc["deletion", "beats_every_single"])
+    report = (out / "report.md").read_text()
+    answer = report.index("## Answer (held-out): does MetaCAM beat every single CAM?")
+    assert answer < report.index("## Dataset")  # the report leads with the answer
+    assert "**held-out adaptive ROAD combined** (higher is better" in report
+    assert "**adaptive deletion AUC** (lower is better" in report
+    assert "**adaptive insertion AUC** (higher is better" in report
+
+
+def test_headline_no_when_a_single_cam_is_better(tmp_path):
+    singles = {"group1_cam1": 0.5, "group1_cam2": 0.1, "group2_cam1": 0.1, "group2_cam2": 0.1,
+               "group3_random": 0.0}
+    write_synthetic(tmp_path / "data", 30, groups=GROUPS, seed=4, singles=singles, controls={"smooth_noise": 0.2})
+    result = analyze(tmp_path / "data", tmp_path / "out", replicates=300)
+    assert result.headline is not None and result.comparisons is not None
+    row = result.headline.set_index("metric").loc["combined"]
+    assert not row["beats_every_single"] and row["closest_single"] == "group1_cam1"
+    assert row["singles_beaten"] == 4 and row["closest_difference"] < 0
+    verdicts = result.comparisons[result.comparisons["metric"] == "combined"].set_index("opponent")["verdict"]
+    assert verdicts["group1_cam1"] == "worse"
+    # The comparator's level (0.1 + 0.06 + 0.01 = 0.17) is below this "control" planted at 0.2.
+    assert verdicts["smooth_noise"] == "worse"
+    assert not row["beats_controls"]
+    assert "**No** — it beats 4 of 5 single CAMs" in (tmp_path / "out" / "report.md").read_text()
