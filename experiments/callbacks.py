@@ -1,6 +1,7 @@
 """Hydra callbacks of the sweep: announce it before the jobs, say where the dataset is after."""
 
-from pathlib import Path
+from __future__ import annotations
+
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -9,28 +10,29 @@ from omegaconf import DictConfig
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from metacam.experiments.sweep import job_spec, sweep_size
-        from metacam.sweep import units_of
+        from metacam.experiments.plan import job_spec
+        from metacam.sweep import all_experiments, shard_units, validate
 
         spec = job_spec(config)
-        jobs, experiments = sweep_size(spec)
-        units = len(units_of(spec.data))
+        job = validate(spec)
+        experiments = all_experiments(job.groups, spec.controls)
         print(
-            f"MetaCAM sweep {spec.sweep_id}: {jobs} combinations + {experiments - jobs} single-method "
-            f"baselines on {units} unit(s) of images, model {spec.model.name}, k grid "
-            f"{','.join(f'{k:g}' for k in spec.ks)}, ROAD {spec.road.mode}\n"
-            f"results: {spec.results_dir}",
+            f"MetaCAM sweep {spec.sweep_id}: {job.groups.n_combos} combinations of {job.groups.size} "
+            f"groups, {len(experiments)} experiments (baselines and controls included) on "
+            f"{len(shard_units(spec))} unit(s) of images, model {spec.model.name}, targets "
+            f"{job.targets.text()}, k grid {','.join(f'{k:g}' for k in job.ks)}, ROAD ties "
+            f"{job.road.ties}\nresults: {spec.results_dir}",
             flush=True,
         )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from metacam.experiments.sweep import finished_experiments, job_spec, sweep_size
+        from metacam.experiments.plan import job_spec
+        from metacam.status import study_status
 
         spec = job_spec(config)
-        _, experiments = sweep_size(spec)
-        done = finished_experiments(spec)
-        results = Path(spec.results_dir)
-        print(f"\nDataset: {results} ({done}/{experiments} experiments complete)")
-        if done < experiments:
-            print("Some jobs did not finish; rerun the same command to fill in the rest.")
-        print(f"Analyse it with:\n  metacam analyze {results}", flush=True)
+        status = study_status(spec.results_dir)
+        print(f"\nDataset: {spec.results_dir} ({status.files_done}/{status.files_expected} result files)")
+        if not status.complete:
+            print("Some units are missing; rerun the same command to fill them in "
+                  f"(`metacam status {spec.results_dir}` lists them).")
+        print(f"Analyse it with:\n  metacam analyze {spec.results_dir}", flush=True)

@@ -7,7 +7,7 @@ the analysis, ``metacam --help``) do not pay for importing torch.
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> module that defines it
 _EXPORTS = {

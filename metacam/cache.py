@@ -36,7 +36,7 @@ class EntryKey:
     member: str
     input_size: tuple[int, int]
     options: str = ""
-    version: str = "1"
+    version: str = "1"  # the member's fingerprint (metacam version, or a plug-in's source hash)
 
     def text(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True, default=list)
@@ -109,14 +109,16 @@ class MemberCache:
     def get_or_compute(
         self,
         keys: Sequence[Sequence[EntryKey]],
-        compute: Callable[[list[int], list[str]], dict[str, Tensor]],
+        compute: Callable[[list[int], list[str]], tuple[dict[str, Tensor], dict[str, str]]],
         device: torch.device,
-    ) -> dict[str, Tensor]:
+    ) -> tuple[dict[str, Tensor], dict[tuple[int, str], str]]:
         """Maps for a batch: ``keys[b][j]`` is image b's entry for member j.
 
         Missing members are computed together for the images that miss them:
-        ``compute(image_indices, members)`` returns member -> (len(indices), H, W).
-        Returns member -> (B, H, W) on ``device``.
+        ``compute(image_indices, members)`` returns (member -> (len(indices), H, W),
+        member -> reason for members that failed on those images). Failed maps are
+        not stored. Returns (member -> (B, H, W) on ``device``, zeros where a member
+        failed; (b, member) -> reason).
         """
         members = [key.member for key in keys[0]]
         found: dict[tuple[int, str], np.ndarray] = {}
@@ -134,21 +136,28 @@ class MemberCache:
         for b, names in missing.items():
             by_set.setdefault(tuple(names), []).append(b)
         computed: dict[tuple[int, str], Tensor] = {}
+        failures: dict[tuple[int, str], str] = {}
         for member_set, indices in by_set.items():
-            maps = compute(indices, list(member_set))
+            maps, failed = compute(indices, list(member_set))
             for j, b in enumerate(indices):
                 for name in member_set:
+                    if name in failed:
+                        failures[b, name] = failed[name]
+                        continue
                     computed[b, name] = maps[name][j]
                     key = next(k for k in keys[b] if k.member == name)
                     self.store(key, maps[name][j].detach().cpu().numpy())
             self.misses += len(indices) * len(member_set)
+        size = tuple(keys[0][0].input_size)
         out = {}
         for name in members:
-            per_image = [
-                computed[b, name].to(device)
-                if (b, name) in computed
-                else torch.from_numpy(found[b, name]).to(device)
-                for b in range(len(keys))
-            ]
+            per_image = []
+            for b in range(len(keys)):
+                if (b, name) in computed:
+                    per_image.append(computed[b, name].to(device))
+                elif (b, name) in found:
+                    per_image.append(torch.from_numpy(found[b, name]).to(device))
+                else:
+                    per_image.append(torch.zeros(size, device=device))
             out[name] = torch.stack(per_image)
-        return out
+        return out, failures

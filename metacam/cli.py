@@ -7,12 +7,16 @@ arguments to the Hydra app and to the analysis, which parse their own.
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
+from typing import NoReturn
 
 from metacam import __version__
+from metacam.config import TIE_RULES, RoadConfig
 from metacam.errors import MetaCAMError
+from metacam.groups import default_groups
 
 EXPLAIN_EPILOG = """\
 images: files, folders (their image files), sample:NAME (coffee, chelsea,
@@ -30,6 +34,14 @@ examples:
   metacam explain scan.png --model mypkg.nets:build_net --checkpoint net.pt \\
       --layer encoder.block4 --categories classes.txt --k 30
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``metacam explain: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _csv_floats(text: str) -> tuple[float, ...]:
@@ -66,31 +78,31 @@ def _explain_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", help="class index or name to explain (default: top-1)")
     parser.add_argument(
         "--groups",
-        help="comma-separated member groups (default: all six): "
-        "gradcam, gradcampp, perturbation, eigen, fullgrad, random",
+        help="comma-separated member groups (default: all): " + ", ".join(default_groups()),
     )
-    parser.add_argument("--methods", help="comma-separated member names instead of --groups")
+    parser.add_argument(
+        "--methods",
+        help="comma-separated member names or plug-ins (package.module:function) instead of --groups",
+    )
     parser.add_argument(
         "--k",
         default="auto",
-        help="auto (adaptive, default), a percentage, or a grid like 10,50,100",
+        help="auto (adaptive over 5,10,...,100; default), a percentage, or a grid like 10,50,100",
     )
+    road = RoadConfig()
     parser.add_argument(
         "--percentiles",
         type=_csv_floats,
-        default=(20.0, 40.0, 60.0, 80.0),
-        help="ROAD removal percentages (default 20,40,60,80)",
+        help=f"ROAD removal percentages (default {','.join(f'{p:g}' for p in road.percentiles)})",
     )
     parser.add_argument(
         "--ties",
-        choices=("random", "inclusive"),
-        default="random",
-        help="random: seeded tie-break, exact p%% removed (default); inclusive: grad-cam's rule",
+        choices=TIE_RULES,
+        help=f"ROAD tie rule: random = seeded tie-break, exactly p%% removed; inclusive = "
+        f"grad-cam's rule (default {road.ties})",
     )
-    parser.add_argument(
-        "--noise", type=float, default=0.01, help="imputation noise std (default 0.01)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise", type=float, help=f"imputation noise std (default {road.noise:g})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random stream (default 0)")
     parser.add_argument(
         "--no-road", action="store_true", help="maps and figures only, no ROAD scores"
     )
@@ -123,41 +135,49 @@ def _models_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="metacam",
         description="MetaCAM: ensemble class activation maps, scored by ROAD.",
-        epilog="metacam sweep [HYDRA OVERRIDES...]: the 64-experiment ablation (see README)\n"
-        "metacam analyze RESULTS_DIR [--out DIR]: CRE, effects, tables and plots",
+        epilog="metacam sweep [HYDRA OVERRIDES...] [--detach]: the 2^G-experiment ablation\n"
+        "metacam analyze RESULTS_DIR [--out DIR]: CRE, effects, tables and plots\n"
+        "metacam status RESULTS_DIR: done / missing / failed per model, and an ETA",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"metacam {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _explain_parser(commands)
     _models_parser(commands)
+    from metacam.sanity import add_parser as add_sanity_parser
+
+    add_sanity_parser(commands)
     commands.add_parser(
         "sweep", help="the 64-experiment ablation (Hydra; see README)", add_help=False
     )
     commands.add_parser(
         "analyze", help="CRE, factorial effects, tables and plots of a sweep", add_help=False
     )
+    commands.add_parser(
+        "status", help="a study's progress per model, from its files (exit 0 when complete)",
+        add_help=False,
+    )
     return parser
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from dataclasses import replace
 
-    from metacam.cams import resolve_methods
+    from metacam.cams import MemberOptions, resolve_methods
     from metacam.device import resolve_device
     from metacam.explain import ExplainOptions, explain, methods_for_groups, parse_k, resolve_target
     from metacam.images import load_images
     from metacam.models import load_model
-    from metacam.roadscore import check_percentiles
+    from metacam.progress import TqdmProgress
 
     # Check every option before any heavy work.
     if args.groups and args.methods:
         raise MetaCAMError("give --groups or --methods, not both")
     if args.methods:
-        methods = resolve_methods(part.strip() for part in args.methods.split(","))
+        methods = resolve_methods(part.strip() for part in args.methods.split(",") if part.strip())
     elif args.groups:
         methods = methods_for_groups(
             [part.strip() for part in args.groups.split(",") if part.strip()]
@@ -165,9 +185,9 @@ def run_explain(args: argparse.Namespace) -> int:
     else:
         methods = resolve_methods(None)
     ks = parse_k(args.k)
-    percentiles = check_percentiles(args.percentiles)
-    if args.noise < 0:
-        raise MetaCAMError(f"--noise {args.noise} is negative; give a standard deviation >= 0")
+    given = {"percentiles": args.percentiles, "ties": args.ties, "noise": args.noise,
+             "batch_size": args.batch_size}
+    road = replace(RoadConfig(), **{k: v for k, v in given.items() if v is not None}).checked()
     if args.batch_size is not None and args.batch_size < 1:
         raise MetaCAMError(f"--batch-size {args.batch_size} must be at least 1")
     device = resolve_device(args.device)
@@ -183,13 +203,11 @@ def run_explain(args: argparse.Namespace) -> int:
         methods=methods,
         target=resolve_target(bundle, args.target),
         ks=ks,
-        percentiles=percentiles,
-        ties=args.ties,
-        noise=args.noise,
+        road=road,
         seed=args.seed,
-        road=not args.no_road,
+        score=not args.no_road,
         save_maps=args.save_maps,
-        batch_size=args.batch_size,
+        members=MemberOptions(batch_size=args.batch_size),
     )
 
     images, problems = load_images(args.images)
@@ -198,17 +216,18 @@ def run_explain(args: argparse.Namespace) -> int:
     if not images:
         raise MetaCAMError("no image could be read; check the paths above")
 
-    def progress(items):
-        return tqdm(items, desc="explain", unit="image", disable=len(items) < 2)
+    def progress(i: int, image) -> TqdmProgress:
+        return TqdmProgress(f"[{i + 1}/{len(images)}] {image.image_id}: ")
 
-    run = explain(bundle, images, options, args.out, progress_bar=progress)
+    started = time.perf_counter()
+    run = explain(bundle, images, options, args.out, progress=progress)
     for problem in run.problems:
         print(f"metacam explain: failed on {problem.source}: {problem.reason}", file=sys.stderr)
-    _print_summary(run, args.out)
+    _print_summary(run, args.out, time.perf_counter() - started)
     return 1 if problems or run.problems else 0
 
 
-def _print_summary(run, out: Path) -> None:
+def _print_summary(run, out: Path, seconds: float) -> None:
     import pandas as pd
 
     if not run.rows:
@@ -216,12 +235,12 @@ def _print_summary(run, out: Path) -> None:
     frame = pd.DataFrame(run.rows)
     if "road_adaptive" in frame:
         table = frame.groupby("method", sort=False)[
-            ["road_plain", "road_adaptive", "k_star"]
+            ["road_plain", "road_adaptive", "road_adaptive_heldout", "k_star"]
         ].mean()
         print(table.round(3).to_string())
         if run.stats.masks:
             print(f"ROAD: {run.stats.summary()}")
-    print(f"{len(run.figures)} figure(s) and {out / 'scores.csv'} written to {out}/")
+    print(f"{len(run.figures)} figure(s) and {out / 'scores.csv'} written to {out}/ in {seconds:.1f}s")
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -245,8 +264,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return import_module("metacam.analysis.cli").main(argv[1:])
     if argv and argv[0] == "sweep":
         return import_module("metacam.experiments.sweep").cli(argv[1:])
-    args = build_parser().parse_args(argv)
+    if argv and argv[0] == "status":
+        return import_module("metacam.status").main(argv[1:])
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a one-line usage error
+        return int(done.code or 0)
+    try:
+        if args.command == "sanity":
+            from metacam.sanity import run as run_sanity
+
+            return run_sanity(args)
         return run_explain(args) if args.command == "explain" else run_models(args)
     except MetaCAMError as error:
         print(f"metacam {args.command}: error: {error}", file=sys.stderr)

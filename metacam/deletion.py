@@ -41,7 +41,7 @@ from metacam.roadscore import relevance_ranks
 _DELETION, _INSERTION = 0, 1
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: it is also the Hydra schema of the sweep's `deletion` node
 class DeletionConfig:
     """Settings of :func:`deletion_insertion`; every default is written here once.
 

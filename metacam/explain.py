@@ -1,5 +1,14 @@
-"""``metacam explain``: member CAMs, MetaCAM, plain and adaptive ROAD for a practitioner's
-own model and images, as figures and one scores table."""
+"""``metacam explain``: member CAMs, MetaCAM, plain, adaptive and held-out ROAD for a
+practitioner's own model and images, as figures and one scores table.
+
+MetaCAM here is the pre-specified ensemble: every chosen member that is not a
+control (RandomCAM is shown beside it, as a control). Every candidate map of every
+method goes through one batched ROAD call (:func:`metacam.adaptive.score_methods`);
+the chosen (k*) maps are then re-scored with an independent draw (the held-out
+ROAD, DESIGN §2), which is the number to compare methods by.
+"""
+
+from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
@@ -12,45 +21,57 @@ import torch
 from matplotlib.figure import Figure
 
 from metacam import __version__
+from metacam.adaptive import choose_k, score_methods
 from metacam.atomic import write_atomically
-from metacam.cams import MEMBERS, compute_members
-from metacam.ensemble import DEFAULT_KS, check_ks, metacam_maps, threshold_maps
+from metacam.cams import MemberOptions, compute_members, resolve_members
+from metacam.config import DEFAULT_KS, HeldoutConfig, RoadConfig, check_ks
+from metacam.ensemble import metacam_maps, threshold_maps
 from metacam.errors import MetaCAMError
 from metacam.figures import Panel, overlay_figure, save_figure
-from metacam.groups import DEFAULT_GROUPS
+from metacam.groups import default_groups
 from metacam.images import ImageProblem, LoadedImage
 from metacam.models import ModelBundle
-from metacam.roadscore import DEFAULT_PERCENTILES, RoadStats, image_seed, road
+from metacam.progress import NO_PROGRESS, Progress
+from metacam.roadscore import Probe, RoadStats, road_many
+
+METACAM = "metacam"
+PLAIN_K = 100.0
 
 
 @dataclass
 class ExplainOptions:
-    """What to compute for each image (defaults: all 12 members, adaptive k, default ROAD)."""
+    """What to compute for each image (defaults: all 12 members, adaptive k over
+    5..100, ROAD and held-out ROAD with their defaults)."""
 
-    methods: list[str] = field(default_factory=lambda: list(MEMBERS))
+    methods: list[str] = field(default_factory=lambda: [m.name for m in resolve_members(None)])
     target: int | None = None
     ks: tuple[float, ...] = DEFAULT_KS  # one value = a fixed k
-    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
-    ties: str = "random"
-    noise: float = 0.01
+    road: RoadConfig = field(default_factory=RoadConfig)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
     seed: int = 0
-    road: bool = True
+    score: bool = True  # False: maps and figures only
     save_maps: bool = False
-    batch_size: int | None = None
+    members: MemberOptions = field(default_factory=MemberOptions)
 
 
 def methods_for_groups(groups: Sequence[str]) -> list[str]:
     """The members of the named default groups, in registry order."""
+    known = default_groups()
     chosen: list[str] = []
     for group in groups:
-        if group not in DEFAULT_GROUPS:
-            near = difflib.get_close_matches(group, DEFAULT_GROUPS, n=2)
+        if group not in known:
+            near = difflib.get_close_matches(group, known, n=2)
             hint = f"did you mean {', '.join(near)}? " if near else ""
-            raise MetaCAMError(
-                f"unknown group {group!r}; {hint}groups are: {', '.join(DEFAULT_GROUPS)}"
-            )
-        chosen.extend(DEFAULT_GROUPS[group])
-    return [name for name in MEMBERS if name in chosen]
+            raise MetaCAMError(f"unknown group {group!r}; {hint}groups are: {', '.join(known)}")
+        chosen.extend(known[group])
+    order = [m.name for m in resolve_members(None)]
+    return [name for name in order if name in chosen]
+
+
+def ensemble_members(methods: Sequence[str]) -> list[str]:
+    """MetaCAM's members among ``methods``: all that are not controls (all, if all are)."""
+    real = [m.name for m in resolve_members(methods) if not m.control]
+    return real or list(methods)
 
 
 def parse_k(text: str) -> tuple[float, ...]:
@@ -100,23 +121,19 @@ def explain_image(
     image: LoadedImage,
     options: ExplainOptions,
     stats: RoadStats | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> ImageExplanation:
     """Members, MetaCAM and their ROAD scores for one image."""
     x = bundle.preprocess([image.image])
+    ids = [image.image_id]
     members = compute_members(
-        bundle.net,
-        x,
-        bundle.target_layer,
-        options.target,
-        options.methods,
-        image_seeds=[image_seed(options.seed, image.image_id)],
-        batch_size=options.batch_size,
-        progress=progress,
+        bundle.net, x, bundle.target_layer, options.target, options.methods,
+        seed=options.seed, image_ids=ids, options=options.members, progress=progress,
     )
     target = int(members.targets[0])
     target_prob = float(members.logits.float().softmax(-1)[0, target])
     names = list(members.maps)
+    ensemble = {name: members.maps[name] for name in ensemble_members(names)}
     maps = {name: members.maps[name][0].cpu().numpy() for name in names}
     base = {
         "image_id": image.image_id,
@@ -127,53 +144,46 @@ def explain_image(
         "target_name": bundle.categories[target],
         "target_prob": target_prob,
     }
-    if not options.road:
+    if not options.score:
         rows = [{**base, "method": name, "kind": "single"} for name in names]
-        metacam = metacam_maps(members.maps, options.ks[-1:])[0, 0]
-        maps["metacam"] = metacam.cpu().numpy()
+        maps[METACAM] = metacam_maps(ensemble, options.ks[-1:])[0, 0].cpu().numpy()
         return ImageExplanation(image, target, target_prob, maps, rows)
 
     # Every candidate of every method (members at each k, MetaCAM at each k, plus
     # k = 100 for the plain score) goes through ROAD in one call.
-    grid = tuple(sorted(set(options.ks) | {100.0}))
-    stacked = torch.stack([members.maps[name] for name in names])  # (M, 1, H, W)
-    candidates = torch.cat(
-        [threshold_maps(members.maps[name], grid) for name in names]
-        + [metacam_maps(stacked, grid)],
-        dim=1,
-    )  # (1, (M + 1) * K, H, W)
-    scores = road(
-        bundle.net,
-        x,
-        candidates,
-        members.targets,
-        options.percentiles,
-        ties=options.ties,
-        noise=options.noise,
-        image_seeds=[image_seed(options.seed, image.image_id)],
-        batch_size=options.batch_size,
-        stats=stats,
-    )
+    grid = tuple(sorted(set(options.ks) | {PLAIN_K}))
+    candidates = {name: threshold_maps(members.maps[name], grid) for name in names}
+    candidates[METACAM] = metacam_maps(ensemble, grid)
+    probe = Probe.of(bundle.net, x, members.targets, image_ids=ids, seed=options.seed)
+    chosen = [grid.index(k) for k in options.ks]  # the adaptive choice is among the user's ks
+    restricted = {name: cand[:, chosen] for name, cand in candidates.items()}
+    results = score_methods(probe, candidates, grid, options.road, stats=stats, progress=progress)
+    # k* among the user's ks (the grid may hold k = 100 only for the plain score)
+    best = {name: chosen[int(choose_k(result.scores.combined[:, chosen], options.ks)[0][0])]
+            for name, result in results.items()}
+    rescored = None
+    if options.heldout.enabled:
+        picked = torch.stack([restricted[name][0, chosen.index(best[name])] for name in results])[None]
+        rescored = road_many(probe, picked, options.heldout.road(options.road), stats=stats)
+
     rows = []
-    chosen = [grid.index(k) for k in options.ks]
-    for i, name in enumerate([*names, "metacam"]):
-        view = slice(i * len(grid), (i + 1) * len(grid))
-        combined = scores.combined[0, view]
-        best = chosen[int(combined[chosen].argmax())]  # first maximum: the smallest k on ties
+    for i, (name, result) in enumerate(results.items()):
+        k = best[name]
         rows.append(
             {
                 **base,
                 "method": name,
-                "kind": "metacam" if name == "metacam" else "single",
-                "road_plain": float(combined[grid.index(100.0)]),
-                "road_adaptive": float(combined[best]),
-                "k_star": grid[best],
-                "morf_adaptive": float(scores.morf[0, view][best]),
-                "lerf_adaptive": float(scores.lerf[0, view][best]),
+                "kind": METACAM if name == METACAM else ("control" if name not in ensemble else "single"),
+                "road_plain": float(result.scores.combined[0, grid.index(PLAIN_K)]),
+                "road_adaptive": float(result.scores.combined[0, k]),
+                "road_adaptive_heldout": float(rescored.combined[0, i]) if rescored is not None else float("nan"),
+                "k_star": grid[k],
+                "morf_adaptive": float(result.scores.morf[0, k]),
+                "lerf_adaptive": float(result.scores.lerf[0, k]),
             }
         )
-        if name == "metacam":
-            maps["metacam"] = candidates[0, view][best].cpu().numpy()
+        if name == METACAM:
+            maps[METACAM] = result.candidates[0, k].cpu().numpy()
     return ImageExplanation(image, target, target_prob, maps, rows)
 
 
@@ -183,12 +193,15 @@ def figure_for(explanation: ImageExplanation, bundle: ModelBundle) -> Figure:
     rows = {row["method"]: row for row in explanation.rows}
     panels = []
     for name, saliency in explanation.maps.items():
-        label = "MetaCAM" if name == "metacam" else MEMBERS[name].label
         row = rows.get(name, {})
+        label = "MetaCAM" if name == METACAM else resolve_members([name])[0].label
+        if row.get("kind") == "control":
+            label += " (control)"
         if "road_plain" not in row:
             title = label
-        elif name == "metacam":
-            title = f"{label}  k*={row['k_star']:g}\nROAD {row['road_adaptive']:+.3f}"
+        elif name == METACAM:
+            title = (f"{label}  k*={row['k_star']:g}\nROAD {row['road_adaptive']:+.3f} "
+                     f"(held-out {row['road_adaptive_heldout']:+.3f})")
         else:
             title = (
                 f"{label}\nROAD {row['road_plain']:+.3f} | "
@@ -239,16 +252,19 @@ def explain(
     images: list[LoadedImage],
     options: ExplainOptions,
     out: Path,
-    progress_bar: Callable | None = None,
+    progress: Callable[[int, LoadedImage], Progress] | None = None,
 ) -> ExplainRun:
     """Explain every image; a failure on one image is recorded and the rest go on.
-    The table is rewritten after every image, so an interrupted run keeps its work."""
+    The table is rewritten after every image, so an interrupted run keeps its work.
+
+    progress(i, image) gives the Progress of image i (default: none).
+    """
     out.mkdir(parents=True, exist_ok=True)
     run = ExplainRun()
-    iterator = progress_bar(images) if progress_bar else images
-    for image in iterator:
+    for i, image in enumerate(images):
+        reporter = progress(i, image) if progress else NO_PROGRESS
         try:
-            explanation = explain_image(bundle, image, options, stats=run.stats)
+            explanation = explain_image(bundle, image, options, stats=run.stats, progress=reporter)
         except MetaCAMError:
             raise
         except (RuntimeError, ValueError) as error:  # e.g. an image the model cannot take
@@ -257,12 +273,14 @@ def explain(
             )
             run.problems.append(ImageProblem(image.source, reason))
             continue
+        finally:
+            reporter.close()
         for row in explanation.rows:
             row.update(
                 metacam_version=__version__,
                 device=str(bundle.device),
                 seed=options.seed,
-                ties=options.ties,
+                ties=options.road.ties,
             )
         run.rows.extend(explanation.rows)
         run.figures.append(

@@ -9,7 +9,7 @@ read and, separately, one :class:`ImageProblem` per input it could not.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +19,51 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from metacam.errors import MetaCAMError
 
-# scikit-image's bundled photographs (offline). skimage's cat() is pixel-identical
-# to chelsea(): both load, with the same content hash and different names.
-SAMPLE_NAMES: tuple[str, ...] = ("coffee", "chelsea", "astronaut", "rocket", "cat")
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data  # deferred: importing skimage costs a second
+
+        if name == "motorcycle":
+            return skimage.data.stereo_motorcycle()[0]  # the left view
+        return getattr(skimage.data, name)()
+
+    return load
+
+
+def _matplotlib(file: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from matplotlib import cbook
+
+        with cbook.get_sample_data(file) as handle, Image.open(handle) as image:
+            return np.asarray(to_rgb(image))
+
+    return load
+
+
+# Real photographs that ship with installed packages (offline), by name. skimage's
+# cat() is pixel-identical to chelsea(): both load, with the same content hash.
+_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
+    "coffee": _skimage("coffee"),
+    "chelsea": _skimage("chelsea"),
+    "astronaut": _skimage("astronaut"),
+    "rocket": _skimage("rocket"),
+    "cat": _skimage("cat"),
+    "motorcycle": _skimage("motorcycle"),
+    "camera": _skimage("camera"),  # grayscale
+    "grace_hopper": _matplotlib("grace_hopper.jpg"),
+    "gift_box": _matplotlib("Minduka_Present_Blue_Pack.png"),  # 128 x 128
+}
+SAMPLE_NAMES: tuple[str, ...] = tuple(_PHOTOS)
+DEFAULT_SAMPLES: tuple[str, ...] = ("coffee", "chelsea", "astronaut", "rocket")
+"""``samples``: the four distinct scikit-image photos of the default sweep."""
+PHOTO_NAMES: tuple[str, ...] = tuple(name for name in _PHOTOS if name != "cat")
+"""``photos``: every distinct bundled photograph (cat duplicates chelsea)."""
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 )
 _SAMPLE_PREFIX = "sample:"
-_ALL_SAMPLES = "samples"
+_SETS = {"samples": DEFAULT_SAMPLES, "photos": PHOTO_NAMES}
 
 
 @dataclass
@@ -75,7 +112,8 @@ def load_images(
     - a folder: its image files (extensions in :data:`IMAGE_EXTENSIONS`, any case),
       sorted by name, not recursive; hidden files (``.name``) are skipped;
     - ``"sample:NAME"``, ``NAME`` in :data:`SAMPLE_NAMES`;
-    - ``"samples"``: all five samples (unless a path ``samples`` exists, which wins).
+    - ``"samples"``: the four default photos; ``"photos"``: every distinct bundled
+      photograph (unless a path of that name exists, which wins).
 
     Returns ``(images, problems)`` in input order. Problems are: a missing path,
     a folder without images, a file that is not an image or does not decode
@@ -94,8 +132,8 @@ def load_images(
 
 
 def expand_specs(specs: Iterable[str | Path]) -> list[str]:
-    """Specs with folders replaced by their image files and ``samples`` by the five
-    ``sample:NAME`` entries; files, sample names and missing paths pass through.
+    """Specs with folders replaced by their image files and ``samples`` / ``photos`` by
+    their ``sample:NAME`` entries; files, sample names and missing paths pass through.
 
     Lets a large image set be split into units and shards before any decoding;
     :func:`load_images` on each entry then gives the image or its problem.
@@ -105,8 +143,8 @@ def expand_specs(specs: Iterable[str | Path]) -> list[str]:
     for spec in specs:
         text = str(spec)
         path = Path(text)
-        if text == _ALL_SAMPLES and not path.exists():
-            entries.extend(_SAMPLE_PREFIX + name for name in SAMPLE_NAMES)
+        if text in _SETS and not path.exists():
+            entries.extend(_SAMPLE_PREFIX + name for name in _SETS[text])
         elif path.is_dir() and _image_files(path):
             entries.extend(str(file) for file in _image_files(path))
         else:
@@ -150,13 +188,10 @@ def to_tensor(images: ImageLike | Sequence[ImageLike], size: tuple[int, int]) ->
 
 
 def sample_image(name: str) -> LoadedImage:
-    """One of scikit-image's bundled photographs, by name (see :data:`SAMPLE_NAMES`)."""
-    if name not in SAMPLE_NAMES:
+    """One of the bundled photographs, by name (see :data:`SAMPLE_NAMES`)."""
+    if name not in _PHOTOS:
         raise MetaCAMError(_unknown_sample(name))
-    import skimage.data  # deferred: importing skimage costs a second
-
-    pixels = getattr(skimage.data, name)()
-    image = to_rgb(Image.fromarray(pixels))
+    image = to_rgb(Image.fromarray(_PHOTOS[name]()))
     return LoadedImage(_image_id(name, image), _SAMPLE_PREFIX + name, image)
 
 
@@ -182,8 +217,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _load_spec(spec: str | Path, min_size: int) -> list[LoadedImage | ImageProblem]:
     text = str(spec)
     if isinstance(spec, str) and not Path(spec).exists():
-        if spec == _ALL_SAMPLES:
-            return [sample_image(name) for name in SAMPLE_NAMES]
+        if spec in _SETS:
+            return [sample_image(name) for name in _SETS[spec]]
         if spec.startswith(_SAMPLE_PREFIX):
             name = spec[len(_SAMPLE_PREFIX) :]
             if name not in SAMPLE_NAMES:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from metacam.errors import MetaCAMError
-from metacam.images import SAMPLE_NAMES, load_image, load_images, to_tensor
+from metacam.images import DEFAULT_SAMPLES, PHOTO_NAMES, SAMPLE_NAMES, load_image, load_images, to_tensor
 
 
 def _save(path: Path, pixels: np.ndarray, **kwargs) -> Path:
@@ -145,14 +145,27 @@ def test_folder_lists_image_files_sorted_non_recursive(tmp_path: Path) -> None:
 
 
 def test_samples() -> None:
-    images, problems = load_images(["samples", "sample:coffee"])
+    images, problems = load_images(["samples", "sample:coffee", "sample:cat"])
     assert problems == []
-    assert [im.source for im in images] == [f"sample:{n}" for n in SAMPLE_NAMES] + ["sample:coffee"]
+    expected = [f"sample:{n}" for n in ("coffee", "chelsea", "astronaut", "rocket", "coffee", "cat")]
+    assert [im.source for im in images] == expected
     ids = {im.source: im.image_id for im in images}
     assert ids["sample:coffee"].startswith("coffee-")
     # skimage's cat() is chelsea(): same pixels, same hash, different names.
     assert ids["sample:cat"].split("-")[1] == ids["sample:chelsea"].split("-")[1]
     assert images[0].image.size == (600, 400)
+
+
+def test_photos_are_every_distinct_bundled_photograph() -> None:
+    images, problems = load_images(["photos"])
+    assert problems == []
+    assert [im.source for im in images] == [f"sample:{n}" for n in PHOTO_NAMES]
+    assert "cat" not in PHOTO_NAMES and set(DEFAULT_SAMPLES) < set(PHOTO_NAMES)
+    hashes = [im.image_id.split("-")[1] for im in images]
+    assert len(set(hashes)) == len(hashes)  # no duplicate pixels
+    sizes = {im.source: im.image.size for im in images}
+    assert sizes["sample:grace_hopper"] == (512, 600) and sizes["sample:motorcycle"] == (741, 500)
+    assert all(im.image.mode == "RGB" for im in images)  # the grayscale camera man converted
     assert all(im.image.mode == "RGB" for im in images)
 
 

@@ -1,0 +1,160 @@
+"""The experiment design: which experiments a job scores, which units of images a
+shard holds, where each result file goes, and the study's identity.
+
+A job is one on/off combination of the G groups (``combo_id``, bit i = group i).
+It scores its MetaCAM map and, when exactly one group is on, each of that group's
+members alone (the single-method baselines); the job with every group on also
+scores the two null controls. A study (one ``sweep_id``) may hold several models,
+image shards and targets per image: its id hashes what defines it, not what
+varies inside it, and every result file's path names its model and experiment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from metacam.config import ModelConfig
+from metacam.groups import GroupSet
+from metacam.images import expand_specs
+from metacam.schema import CONTROL_METHODS
+from metacam.sweep.spec import Job, JobSpec, as_plain
+from metacam.sweep.targets import TargetRule
+
+MANIFEST_DIR = "_manifest"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row-producing experiment: a MetaCAM combination, a single method or a control.
+
+    flags: one bool per group (the ``g_<group>`` columns); members: the member maps it needs.
+    """
+
+    kind: str  # "metacam", "single" or "control"
+    method: str
+    combo_id: int | None
+    flags: tuple[bool, ...]
+    members: tuple[str, ...]
+
+    @property
+    def folder(self) -> str:
+        if self.kind == "metacam":
+            return f"metacam-combo{self.combo_id:02d}"
+        return f"{self.kind}-{safe_name(self.method)}"
+
+
+def safe_name(text: str) -> str:
+    """``text`` usable as one path component (plug-in paths contain ':' and '.')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def experiments_of(groups: GroupSet, combo_id: int, controls: bool = True) -> list[Experiment]:
+    """The combination ``combo_id``; its group's members alone when exactly one group is on;
+    and the null controls in the all-groups job (when ``controls``)."""
+    flags = tuple(groups.flags(combo_id).values())
+    found = [Experiment("metacam", groups.combo_name(combo_id), combo_id, flags,
+                        tuple(groups.members_of(combo_id)))]
+    if sum(flags) == 1:
+        (group,) = [members for members, on in zip(groups.members, flags, strict=True) if on]
+        found += [Experiment("single", m, None, flags, (m,)) for m in group]
+    if controls and combo_id == groups.all_on:
+        off = (False,) * groups.size
+        comparator = tuple(groups.members_of(groups.comparator))  # the shuffled control's source
+        found += [Experiment("control", name, None, off, comparator if name == "shuffled" else ())
+                  for name in CONTROL_METHODS]
+    return found
+
+
+def all_experiments(groups: GroupSet, controls: bool = True) -> list[Experiment]:
+    """Every experiment of the sweep, in job order."""
+    return [e for combo_id in range(groups.n_combos) for e in experiments_of(groups, combo_id, controls)]
+
+
+def study_units(spec: JobSpec) -> list[list[str]]:
+    """All units of the study's image set, in order: ``images_per_unit`` entries each."""
+    entries = expand_specs(spec.data.images)
+    size = spec.data.images_per_unit
+    return [entries[i : i + size] for i in range(0, len(entries), size)]
+
+
+def shard_units(spec: JobSpec) -> list[list[str]]:
+    """This shard's units: unit i belongs to shard i mod shard_count, so a unit's content
+    (and its file name) does not depend on how the study is sharded."""
+    data = spec.data
+    return study_units(spec)[data.shard_index :: data.shard_count]
+
+
+def model_key(model: ModelConfig) -> str:
+    """The weights' identity: name, checkpoint content hash, or seed; input size if set."""
+    key = model.name
+    if model.checkpoint:
+        key += "@" + hashlib.sha1(Path(model.checkpoint).read_bytes()).hexdigest()[:10]
+    elif not model.pretrained:
+        key += f"-random{model.seed}"
+    if model.num_classes is not None:
+        key += f"-c{model.num_classes}"
+    if model.input_size:
+        key += "-{}x{}".format(*model.input_size)
+    return key
+
+
+def unit_name(model: str, layer: str, entries: list[str], targets: TargetRule) -> str:
+    """A stable file name for a unit of images: hashed from what determines its rows."""
+    text = "\n".join([model, layer, targets.text(), *entries])
+    return f"unit-{hashlib.sha1(text.encode()).hexdigest()[:16]}.parquet"
+
+
+def result_path(results_dir: str | Path, model: str, experiment: Experiment, unit: str) -> Path:
+    """results/<model>/<experiment>/<unit>.parquet"""
+    return Path(results_dir) / safe_name(model) / experiment.folder / unit
+
+
+def study_id(spec: JobSpec) -> str:
+    """The automatic sweep_id: a hash of what defines the study (groups, ROAD and held-out
+    settings, the second metric, k grid, seed, controls, the image set as a whole and its
+    targets), never of the model, the shard, the combination, the device or batch sizes."""
+    road = {k: v for k, v in as_plain(spec.road).items() if k != "batch_size"}
+    deletion = {k: v for k, v in as_plain(spec.deletion).items() if k not in ("cpu_batch", "cuda_batch")}
+    parts = {
+        "groups": spec.groups,
+        "road": road,
+        "heldout": as_plain(spec.heldout),
+        "deletion": deletion,
+        "ks": [float(k) for k in spec.ks],
+        "seed": spec.seed,
+        "controls": spec.controls,
+        "images": list(spec.data.images),
+        "images_per_unit": spec.data.images_per_unit,
+        "labels": spec.data.labels,
+        "target": TargetRule.parse(spec.data.target).text(),
+    }
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return "study-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def manifest(job: Job, model: str, layer: str) -> dict:
+    """What this (model, shard) must produce: every experiment x every unit file."""
+    spec = job.spec
+    units = [unit_name(model, layer, entries, job.targets) for entries in shard_units(spec)]
+    return {
+        "format": 1,
+        "sweep_id": spec.sweep_id,
+        "model": spec.model.name,
+        "model_key": model,
+        "model_dir": safe_name(model),
+        "shard_index": spec.data.shard_index,
+        "shard_count": spec.data.shard_count,
+        "groups": job.groups.to_json(),
+        "experiments": [e.folder for e in all_experiments(job.groups, spec.controls)],
+        "units": units,
+        "images_per_unit": spec.data.images_per_unit,
+        "target": job.targets.text(),
+    }
+
+
+def manifest_path(results_dir: str | Path, model: str, shard_index: int, shard_count: int) -> Path:
+    name = f"{safe_name(model)}.shard-{shard_index}-of-{shard_count}.json"
+    return Path(results_dir) / MANIFEST_DIR / name

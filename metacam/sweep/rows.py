@@ -1,0 +1,132 @@
+"""Row assembly: the results dataset's rows (DESIGN §3) of one job, and their file.
+
+Every row of a job shares its provenance (:class:`Provenance`); a scored (experiment,
+image, target) gives one row per k, and an (experiment, image) without a score gives
+one ``status`` row saying why.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from metacam import __version__
+from metacam.atomic import write_atomically
+from metacam.models import ModelBundle
+from metacam.schema import file_metadata, results_schema
+from metacam.sweep.design import Experiment
+from metacam.sweep.spec import Job, as_plain
+
+
+def device_name(device: torch.device) -> str:
+    """``cuda:0: NVIDIA H200`` or ``cpu: AMD EPYC`` (the CPU model from /proc/cpuinfo)."""
+    if device.type == "cuda":
+        return f"{device}: {torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model}"
+
+
+def _numbers(values: list[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What every row of a job records besides its scores, and the file metadata."""
+
+    sweep_id: str
+    model: str
+    target_layer: str
+    columns: tuple[str, ...]  # the g_<group> flag columns
+    fixed: dict  # provenance columns: road_ties, percentiles, ..., metacam_version
+    metadata: dict[bytes, bytes]
+
+    @classmethod
+    def of(cls, job: Job, bundle: ModelBundle) -> Provenance:
+        spec = job.spec
+        heldout = job.heldout.percentiles if job.heldout is not None else []
+        fixed = {
+            "road_ties": job.road.ties,
+            "percentiles": _numbers(job.road.percentiles),
+            "heldout_percentiles": _numbers(heldout),
+            "noise": job.road.noise,
+            "seed": spec.seed,
+            "device": device_name(bundle.device),
+            "torch_version": torch.__version__,
+            "metacam_version": __version__,
+        }
+        record = {
+            "ties": job.road.ties,
+            "percentiles": list(job.road.percentiles),
+            "heldout_percentiles": list(heldout),
+            "heldout_stream": spec.heldout.stream,
+            "noise": job.road.noise,
+            "ks": list(job.ks),
+            "seed": spec.seed,
+            "deletion": as_plain(spec.deletion),
+            "target": job.targets.text(),
+            "controls": spec.controls,
+            "comparator": job.groups.comparator,
+            "torch": torch.__version__,
+            "device": fixed["device"],
+            "metacam": __version__,
+        }
+        metadata = file_metadata(job.groups.to_json(), record)
+        return cls(spec.sweep_id, bundle.name, bundle.target_layer_name, job.groups.columns, fixed, metadata)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return results_schema([c[2:] for c in self.columns], self.metadata)
+
+    def base(self, experiment: Experiment) -> dict:
+        """The columns every row of ``experiment`` shares."""
+        return {
+            "sweep_id": self.sweep_id,
+            "kind": experiment.kind,
+            "combo_id": experiment.combo_id,
+            "method": experiment.method,
+            **dict(zip(self.columns, experiment.flags, strict=True)),
+            "model": self.model,
+            "target_layer": self.target_layer,
+            **self.fixed,
+        }
+
+    def status_row(self, experiment: Experiment, image_id: str, path: str, label: int | None,
+                   status: str, target: tuple[int, int] | None = None) -> dict:
+        """The one row of an (experiment, image[, target]) that has no score, and why."""
+        row = {**self.base(experiment), "image_id": image_id, "image_path": path, "label": label,
+               "status": status}
+        if target is not None:
+            row["target_class"], row["target_rank"] = target
+        return row
+
+
+def write_unit(rows: list[dict], path: Path, schema: pa.Schema, *, stale_before: float | None = None) -> Path:
+    """Write one unit's rows as one Parquet file, atomically (temporary name, then rename).
+
+    stale_before: a time.time() at which this unit's computation started; leftover
+    temporary files of the same unit older than that come from a killed writer and are
+    removed (a live writer's would be newer). Readers ignore them either way.
+    """
+    table = pa.Table.from_pylist(rows, schema=schema)
+    write_atomically(path, lambda partial: pq.write_table(table, partial))
+    if stale_before is not None:
+        for leftover in path.parent.glob(f".{path.stem}.*.partial*"):
+            try:
+                if leftover.stat().st_mtime < stale_before:
+                    leftover.unlink()
+            except FileNotFoundError:
+                pass  # another job cleaned it first
+    return path
