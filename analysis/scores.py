@@ -20,7 +20,7 @@ carries that direction to every ranking and comparison.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -138,6 +138,7 @@ class Scores:
     singles: pd.DataFrame
     controls: pd.DataFrame
     n_null: int
+    _wide: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def empty(self) -> bool:
@@ -148,14 +149,25 @@ class Scores:
         return {"metacam": (self.metacam, "combo_id"), "single": (self.singles, "method"),
                 "control": (self.controls, "method")}[kind]
 
-    def matrix(self, kind: str, keys: list, n_units: int, field: str = "score") -> np.ndarray:
-        """``field`` of the entries ``keys`` of one kind as ``(n_units, len(keys))`` floats, NaN where absent."""
-        frame, column = self.frame_of(kind)
-        return wide(frame, column, n_units, keys=keys, value=field)[1]
+    def matrix(self, kind: str, keys: list, n_units: int, value: str = "score") -> np.ndarray:
+        """``value`` of the entries ``keys`` of one kind as ``(n_units, len(keys))`` floats, NaN where absent.
 
-    def column(self, kind: str, key: int | str, n_units: int, field: str = "score") -> np.ndarray:
-        """One entry's ``field`` as a ``(n_units,)`` float array, NaN where absent."""
-        return self.matrix(kind, [key], n_units, field)[:, 0]
+        The matrix of every entry of the kind is built once and cached.
+        """
+        if (kind, value, n_units) not in self._wide:
+            frame, column = self.frame_of(kind)
+            present, full = wide(frame, column, n_units, value=value)
+            self._wide[(kind, value, n_units)] = ({k: i for i, k in enumerate(present)}, full)
+        position, full = self._wide[(kind, value, n_units)]
+        out = np.full((n_units, len(keys)), np.nan)
+        found = [(j, position[k]) for j, k in enumerate(keys) if k in position]
+        if found:
+            out[:, [j for j, _ in found]] = full[:, [i for _, i in found]]
+        return out
+
+    def column(self, kind: str, key: int | str, n_units: int, value: str = "score") -> np.ndarray:
+        """One entry's ``value`` as a ``(n_units,)`` float array, NaN where absent."""
+        return self.matrix(kind, [key], n_units, value)[:, 0]
 
 
 def select_scores(dataset: Dataset, spec: ScoreSpec) -> Scores:
@@ -178,17 +190,22 @@ def select_scores(dataset: Dataset, spec: ScoreSpec) -> Scores:
             raise AnalysisError(f"no rows with k = {spec.k:g} ({spec.mode} score); k values present: {listed}; "
                                 "choose --score k=K with one of them, or --score adaptive")
         chosen = np.abs(rows["k"].to_numpy(dtype=np.float64) - spec.k) <= K_TOLERANCE
-    picked = rows.loc[chosen, ["kind", "combo_id", "method", "unit", spec.column, "is_best_k"]]
-    picked = picked.rename(columns={spec.column: "score", "is_best_k": "at_k_star"})
-    picked["at_k_star"] = picked["at_k_star"].fillna(False).astype(bool)
-    picked["score"] = picked["score"].astype(np.float64)
-    null = picked["score"].isna()
-    picked = picked[~null]
-
-    kind = picked["kind"].astype(str)
-    metacam = picked.loc[kind == "metacam", ["combo_id", "unit", "score", "at_k_star"]].astype({"combo_id": np.int64})
-    singles = picked.loc[kind == "single", ["method", "unit", "score", "at_k_star"]].astype({"method": str})
-    controls = picked.loc[kind == "control", ["method", "unit", "score", "at_k_star"]].astype({"method": str})
+    score = rows[spec.column].to_numpy(dtype=np.float64, na_value=np.nan)
+    null = chosen & np.isnan(score)
+    chosen = chosen & ~null
+    kind = _categorical(rows["kind"])
+    method = _categorical(rows["method"])
+    frames = {}
+    for name in ("metacam", "single", "control"):
+        where = chosen & (kind.codes == kind.categories.get_loc(name) if name in kind.categories else False)
+        frame = pd.DataFrame({"unit": rows["unit"].to_numpy()[where], "score": score[where],
+                              "at_k_star": rows["is_best_k"].fillna(False).to_numpy(dtype=bool)[where]})
+        if name == "metacam":
+            frame.insert(0, "combo_id", rows["combo_id"].to_numpy()[where].astype(np.int64))
+        else:
+            frame.insert(0, "method", method.categories.to_numpy(dtype=object)[method.codes[where]].astype(str))
+        frames[name] = frame
+    metacam, singles, controls = frames["metacam"], frames["single"], frames["control"]
     for frame, key, what in ((metacam, "combo_id", "MetaCAM experiment"), (singles, "method", "single method"),
                              (controls, "method", "control")):
         duplicated = frame.duplicated([key, "unit"])
@@ -202,6 +219,12 @@ def select_scores(dataset: Dataset, spec: ScoreSpec) -> Scores:
             )
     return Scores(spec=spec, metacam=metacam.reset_index(drop=True), singles=singles.reset_index(drop=True),
                   controls=controls.reset_index(drop=True), n_null=int(null.sum()))
+
+
+def _categorical(column: pd.Series) -> pd.Categorical:
+    """The column as a Categorical (it already is when read from Parquet dictionaries)."""
+    values = column.array
+    return values if isinstance(values, pd.Categorical) else pd.Categorical(column)
 
 
 def wide(frame: pd.DataFrame, key: str, n_units: int, keys: list | None = None,
