@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for tests and CI (DESIGN.md §4).
 #
-# Usage: slurm/local-cluster.sh start|stop|status [--state-dir DIR]
+# Usage: slurm/local-cluster.sh start|stop|status [--state-dir DIR] [--max-array-size N]
 #
 #   start   create/check the munge key, start munged (if no munged answers),
 #           write slurm.conf, start slurmctld + slurmd as root and wait until
@@ -13,6 +13,14 @@
 #
 # State dir: --state-dir DIR, else $METACAM_SLURM_DIR, else /tmp/metacam-slurm.
 # Everything Slurm writes (state, spool, pid files, logs) lives there.
+#
+# --max-array-size N (start only): written as MaxArraySize=N in slurm.conf, so
+# a job array may hold at most N tasks (indices 0..N-1); without it Slurm's
+# default, 1001.  CI and tests/slurm start the cluster with 50, so a sweep of
+# more than 50 tasks must be split into several arrays (`metacam sweep
+# launcher=submitit_slurm` reads the value from `scontrol show config`).  A
+# cluster already running keeps its value: `start` says so when it differs
+# (stop it first to change it).
 #
 # Where the config lives (decided): the source of truth is DIR/slurm.conf and
 # the daemons are started with `-f DIR/slurm.conf`.  Client commands (sinfo,
@@ -44,19 +52,27 @@ readonly WAIT_S=60
 
 die() { echo "local-cluster.sh: $*" >&2; exit 1; }
 
-usage() { echo "usage: $0 start|stop|status [--state-dir DIR]" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status [--state-dir DIR] [--max-array-size N]" >&2; exit 2; }
 
 # ---- arguments --------------------------------------------------------------
 [[ $# -ge 1 ]] || usage
 cmd=$1; shift
 STATE=${METACAM_SLURM_DIR:-/tmp/metacam-slurm}
+MAX_ARRAY_SIZE=""   # empty: Slurm's default (1001)
 while [[ $# -gt 0 ]]; do
     case $1 in
         --state-dir) [[ $# -ge 2 ]] || usage; STATE=$2; shift 2 ;;
         --state-dir=*) STATE=${1#*=}; shift ;;
+        --max-array-size) [[ $# -ge 2 ]] || usage; MAX_ARRAY_SIZE=$2; shift 2 ;;
+        --max-array-size=*) MAX_ARRAY_SIZE=${1#*=}; shift ;;
         *) usage ;;
     esac
 done
+# Slurm accepts up to 4000001 (0 disables arrays); a test cluster needs at least 1.
+if [[ -n $MAX_ARRAY_SIZE ]] && ! [[ $MAX_ARRAY_SIZE =~ ^[1-9][0-9]{0,6}$ && $MAX_ARRAY_SIZE -le 4000001 ]]; then
+    echo "local-cluster.sh: --max-array-size must be an integer in 1..4000001, got '$MAX_ARRAY_SIZE'" >&2
+    exit 2
+fi
 STATE=$(realpath -m "$STATE")   # the conf needs absolute paths
 CONF=$STATE/slurm.conf
 LOG=$STATE/log
@@ -226,6 +242,12 @@ SchedulerParameters=sched_interval=5
 # Short waits: test jobs are small and tests cancel/requeue them.
 KillWait=5
 MinJobAge=300
+EOF
+    # --max-array-size: the largest job array (tasks 0..N-1); else Slurm's 1001.
+    if [[ -n $MAX_ARRAY_SIZE ]]; then
+        echo "MaxArraySize=$MAX_ARRAY_SIZE" >>"$CONF"
+    fi
+    cat >>"$CONF" <<EOF
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_mb State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -246,6 +268,11 @@ do_start() {
     require_packages
     if cluster_up; then
         echo "already running (state dir $STATE, SLURM_CONF=$CONF)"
+        local current
+        current=$(scontrol show config 2>/dev/null | awk -F' *= *' '$1 == "MaxArraySize" {print $2}')
+        if [[ -n $MAX_ARRAY_SIZE && $current != "$MAX_ARRAY_SIZE" ]]; then
+            echo "note: it runs with MaxArraySize=$current, not $MAX_ARRAY_SIZE; '$0 stop' first to change it" >&2
+        fi
         sinfo
         return 0
     fi
@@ -287,7 +314,7 @@ do_start() {
         sinfo -R >&2 || true
         fail "node not idle after ${WAIT_S}s (state: ${state:-none})"
     fi
-    echo "started in $(( SECONDS - t0 ))s: partition $PARTITION, state dir $STATE"
+    echo "started in $(( SECONDS - t0 ))s: partition $PARTITION, MaxArraySize ${MAX_ARRAY_SIZE:-1001 (default)}, state dir $STATE"
     echo "SLURM_CONF=$CONF"
     sinfo
 }
