@@ -157,15 +157,38 @@ def _check_folder(root: Path, exclude: Sequence[Path]) -> list[Path]:
     )
 
 
+def _sweep_ids_from_statistics(parquet: pq.ParquetFile, index: int) -> frozenset[str] | None:
+    """The sweep ids of a file from its row-group statistics (no data read), or None if they do not say."""
+    found: set[str] = set()
+    metadata = parquet.metadata
+    for group in range(metadata.num_row_groups):
+        column = metadata.row_group(group).column(index)
+        stats = column.statistics
+        if stats is None:
+            return None
+        if stats.null_count:
+            found.add("(null)")
+        if stats.null_count == column.num_values:
+            continue
+        if not stats.has_min_max or stats.min != stats.max:
+            return None
+        found.add(str(stats.min))
+    return frozenset(found)
+
+
 def _survey(path: Path, root: Path) -> _FileInfo:
-    """A file's columns, metadata and sweep ids (reads one column)."""
+    """A file's columns, metadata and sweep ids (from the footer's statistics when they suffice)."""
     try:
-        schema = pq.read_schema(path)
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
         sweep_ids: frozenset[str] = frozenset()
         if "sweep_id" in schema.names:
-            column = pq.read_table(path, columns=["sweep_id"])["sweep_id"]
-            values = pc.unique(pc.cast(column, pa.string())).to_pylist()
-            sweep_ids = frozenset("(null)" if v is None else str(v) for v in values)
+            from_statistics = _sweep_ids_from_statistics(parquet, schema.get_field_index("sweep_id"))
+            if from_statistics is None:
+                column = parquet.read(columns=["sweep_id"], use_threads=False)["sweep_id"]
+                values = pc.unique(pc.cast(column, pa.string())).to_pylist()
+                from_statistics = frozenset("(null)" if v is None else str(v) for v in values)
+            sweep_ids = from_statistics
     except (pa.ArrowException, OSError) as error:
         raise AnalysisError(f"cannot read '{path.relative_to(root)}' as Parquet ({_first_line(error)}); "
                             "delete it or rerun the job that wrote it") from None
@@ -253,7 +276,7 @@ def _read_file(info: _FileInfo, root: Path, flags: Sequence[str]) -> pa.Table:
         + [(c, pa.string()) for c in optional]
     )
     try:
-        table = pq.read_table(info.path, columns=columns + optional)
+        table = pq.read_table(info.path, columns=columns + optional, use_threads=False)  # small files: faster
         return table.select(target.names).cast(target)
     except (pa.ArrowException, OSError) as error:
         raise AnalysisError(f"cannot read '{info.path.relative_to(root)}' with the schema's column types "
@@ -272,21 +295,15 @@ def _flag_mismatches(table: pa.Table, groups: GroupSet) -> tuple[int, list, int,
     metacam = table.filter(pc.fill_null(pc.equal(table["kind"], "metacam"), False))
     if not len(metacam):
         return 0, [], 0, []
-    combo = pc.cast(metacam["combo_id"], pa.int64())
-    outside = pc.fill_null(pc.or_(pc.less(combo, 0), pc.greater_equal(combo, groups.n_combos)), True)
-    n_outside = int(pc.sum(outside).as_py() or 0)
-    bad = [] if not n_outside else pc.unique(pc.filter(combo, outside)).to_pylist()[:5]
-    bad = ["null" if b is None else b for b in bad]
-    inside = pc.invert(outside)
-    combo = pc.filter(combo, inside)
-    metacam = metacam.filter(inside)
-    mismatch = pa.chunked_array([pa.array(np.zeros(len(metacam), dtype=bool))])
-    for bit, column in enumerate(groups.columns):
-        on = pc.not_equal(pc.bit_wise_and(pc.shift_right(combo, bit), 1), 0)
-        mismatch = pc.or_(mismatch, pc.not_equal(on, pc.fill_null(metacam[column], False)))
-    n_mismatch = int(pc.sum(mismatch).as_py() or 0)
-    examples = [] if not n_mismatch else sorted(pc.unique(pc.filter(combo, mismatch)).to_pylist())[:5]
-    return n_outside, bad, n_mismatch, examples
+    combo = pc.fill_null(pc.cast(metacam["combo_id"], pa.int64()), -1).to_numpy()
+    outside = (combo < 0) | (combo >= groups.n_combos)
+    bad = sorted({int(c) for c in combo[outside]})[:5]
+    examples_outside: list = ["null" if c == -1 else c for c in bad]
+    flags = np.column_stack([pc.fill_null(metacam[c], False).to_numpy(zero_copy_only=False) for c in groups.columns])
+    expected = ((combo[:, None] >> np.arange(groups.size)[None, :]) & 1).astype(bool)
+    mismatch = ~outside & (flags != expected).any(axis=1)
+    examples = sorted({int(c) for c in combo[mismatch]})[:5]
+    return int(outside.sum()), examples_outside, int(mismatch.sum()), examples
 
 
 def load_dataset(
@@ -316,7 +333,10 @@ def load_dataset(
     groups, groups_source = _read_groups(infos, root, chosen)
     _check_columns(infos, root, groups.columns)
 
-    kept, failed, keys = [], [], []
+    kept, failed = [], []
+    n_ok = 0
+    ties_seen: set[str] = set()
+    k_seen: set[float] = set()
     ties_sources: set[str] = set()
     n_outside = n_mismatch = 0
     outside_examples: list[int] = []
@@ -338,24 +358,25 @@ def load_dataset(
         n_outside, n_mismatch = n_outside + outside, n_mismatch + mismatch
         outside_examples += outside_ex
         mismatch_examples += mismatch_ex
-        # Distinct (tie rule, k) of the ok rows: tiny, and enough to check mixing and list k.
-        keys.append(table.select(["ties", "k"]).group_by(["ties", "k"]).aggregate([([], "count_all")]))
+        # Distinct tie rules and k of the ok rows: enough to check mixing and list k.
+        n_ok += len(table)
+        ties_seen.update("(null)" if t is None else t for t in pc.unique(table["ties"]).to_pylist())
+        k_seen.update(k for k in pc.unique(table["k"]).to_pylist() if k is not None)
         wanted = pc.fill_null(table["is_best_k"], False)
         for k in keep_k:
             wanted = pc.or_(wanted, pc.fill_null(_near(table["k"], k), False))
         kept.append(table.filter(wanted).drop_columns(["sweep_id", "status", "ties"]))
 
     _raise_for_experiments(groups, n_outside, outside_examples, n_mismatch, mismatch_examples)
-    key_frame = pa.concat_tables(keys).to_pandas()
     failed_frame = _plain_strings(pa.concat_tables(failed)).to_pandas()
-    n_rows = int(key_frame["count_all"].sum()) + len(failed_frame)
-    if key_frame.empty:
+    n_rows = n_ok + len(failed_frame)
+    if not n_ok:
         if not len(failed_frame):
             raise AnalysisError(f"the {len(infos)} Parquet file(s) of sweep '{chosen}' hold no rows; rerun the sweep")
         statuses = ", ".join(f"{s}: {n}" for s, n in failed_frame["status"].fillna("(null)").value_counts().items())
         raise AnalysisError(f"sweep '{chosen}' has no rows with status 'ok' ({len(failed_frame)} failed rows; {statuses}); "
                             "fix the failures and rerun the sweep")
-    rules = sorted(key_frame["ties"].fillna(DEFAULT_TIES).astype(str).unique())
+    rules = sorted({DEFAULT_TIES if t == "(null)" else t for t in ties_seen})
     if len(rules) > 1:
         raise AnalysisError(
             f"sweep '{chosen}' mixes ROAD tie rules {', '.join(rules)}, whose scores are not comparable; "
@@ -382,7 +403,7 @@ def load_dataset(
         ties=rules[0],
         ties_source="; ".join(sorted(ties_sources)),
         provenance=provenance,
-        k_values=tuple(sorted(float(k) for k in key_frame["k"].dropna().unique())),
+        k_values=tuple(sorted(float(k) for k in k_seen)),
         other_kinds=other_kinds,
     )
 

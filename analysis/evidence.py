@@ -33,11 +33,16 @@ class Entry:
     label: str
     kind: str
     key: int | str
-    role: str = ""  # "comparator", "best", or ""
+    role: str = ""  # "comparator", "best", "control member" (a single method of a control group), or ""
 
     @property
     def combo_id(self) -> int | None:
         return int(self.key) if self.kind == "metacam" else None
+
+    @property
+    def opponent_kind(self) -> str:
+        """``single`` for a real CAM method; ``control`` for a null control or a member of a control group."""
+        return "control" if self.kind == "control" or self.role == "control member" else self.kind
 
 
 def best_combo(scores: Scores, sign: int) -> int | None:
@@ -56,19 +61,26 @@ def best_single(scores: Scores, sign: int) -> str | None:
     return str((sign * means).sort_index().idxmax())
 
 
+def control_members(groups: GroupSet) -> set[str]:
+    """Members of the groups marked as controls (e.g. RandomCAM): compared as controls, not as CAMs."""
+    return {m for members, control in zip(groups.members, groups.controls, strict=True) if control for m in members}
+
+
 def entries(groups: GroupSet, ranking: Scores, comparator_present: bool, best: int | None) -> list[Entry]:
-    """Comparator, in-sample best (if different), singles best first by ``ranking``, then controls."""
+    """Comparator, in-sample best (if different), singles best first by ``ranking``, then controls
+    (members of control groups last among the singles, marked ``control member``)."""
     found: list[Entry] = []
     if comparator_present:
         found.append(Entry(f"MetaCAM comparator: {groups.combo_name(groups.comparator)}", "metacam",
                            groups.comparator, "comparator"))
     if best is not None and (best != groups.comparator or not comparator_present):
         found.append(Entry(f"MetaCAM best in-sample: {groups.combo_name(best)}", "metacam", best, "best"))
-    sign = ranking.spec.sign
+    sign, controls = ranking.spec.sign, control_members(groups)
     for kind, frame in (("single", ranking.singles), ("control", ranking.controls)):
         means = frame.groupby("method")["score"].mean()
-        for method in (-sign * means).sort_values(kind="stable").index:
-            found.append(Entry(str(method), kind, str(method)))
+        ordered = [str(m) for m in (-sign * means).sort_values(kind="stable").index]
+        ordered = [m for m in ordered if m not in controls] + [m for m in ordered if m in controls]
+        found += [Entry(m, kind, m, "control member" if kind == "single" and m in controls else "") for m in ordered]
     return found
 
 
@@ -90,7 +102,8 @@ def metacam_vs_single(chosen: list[Entry], by_mode: dict[str, Scores | None], cl
         entry, kind, combo_id, then per mode: <mode>_mean, <mode>_ci_low,
         <mode>_ci_high, <mode>_n (units); NaN where a mode is unavailable.
     """
-    table = pd.DataFrame({"entry": [e.label for e in chosen], "kind": [e.kind for e in chosen],
+    table = pd.DataFrame({"entry": [e.label for e in chosen],
+                          "kind": [e.kind + (" (control group)" if e.role == "control member" else "") for e in chosen],
                           "combo_id": pd.array([e.combo_id for e in chosen], dtype="Int64")})
     for mode, scores in by_mode.items():
         if scores is None:
@@ -117,11 +130,13 @@ def comparator_comparisons(scores: Scores, groups: GroupSet, clusters: np.ndarra
     """
     mine = scores.column("metacam", groups.comparator, len(clusters))
     opponents = [e for e in entries(groups, scores, False, None) if e.kind in ("single", "control")]
+    opponents = [e for e in opponents if e.opponent_kind == "single"] + [
+        e for e in opponents if e.opponent_kind == "control"]
     if np.isnan(mine).all() or not opponents:
         return None
     theirs = entry_matrix(scores, opponents, len(clusters))
     table = compare(mine, theirs, [e.label for e in opponents], clusters, boot, scores.spec.sign)
-    table.insert(0, "opponent_kind", [e.kind for e in opponents])
+    table.insert(0, "opponent_kind", [e.opponent_kind for e in opponents])
     table.insert(0, "score", scores.spec.short)
     table.insert(0, "metric", scores.spec.metric)
     return table

@@ -113,8 +113,8 @@ def _independent(gram: np.ndarray, order: Sequence[int]) -> list[int]:
     scale = max(float(np.max(np.abs(np.diag(gram)))), 1.0)
     for column in order:
         trial = [*kept, column]
-        eigen = np.linalg.eigvalsh(gram[np.ix_(trial, trial)])
-        if eigen.min() > _RANK_TOLERANCE * scale * len(trial):
+        spectrum = np.linalg.eigvalsh(gram[np.ix_(trial, trial)])
+        if spectrum.min() > _RANK_TOLERANCE * scale * len(trial):
             kept = trial
     return kept
 

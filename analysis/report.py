@@ -367,7 +367,10 @@ def _report(result: AnalysisResult) -> str:
             f"{result.optimism_spec.definition.name}, in-sample minus held-out. *Optimism*: on the k* rows, where "
             "k* was chosen on the in-sample draw. *Gap at k = 100*: on the plain rows, where nothing was chosen "
             "(the two draws differ in percentiles, permutation and noise). *Excess* = optimism − gap: the part "
-            f"due to choosing k*. Every combination: {_link(result, 'optimism.csv')}.\n",
+            f"due to choosing k*."
+            + (" MoRF is lower-is-better, so optimism shows as a negative difference." if
+               result.optimism_spec.sign < 0 else "")
+            + f" Every combination: {_link(result, 'optimism.csv')}.\n",
             files["optimism.md"].read_text())
     parts += _section("Dataset", "\n".join(_dataset_lines(result)) + "\n")
     if result.notes:

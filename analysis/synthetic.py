@@ -37,6 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metacam.analysis.dataset import DEFAULT_TIES
 from metacam.analysis.design import group_names_from_columns
 from metacam.groups import GroupSet
 from metacam.schema import CONTROL_METHODS, file_metadata, results_schema
@@ -203,7 +204,7 @@ def iter_synthetic(
     plain_gap: float = 0.05,
     seed: int = 0,
     sweep_id: str = "synthetic",
-    ties: str = "random",
+    ties: str = DEFAULT_TIES,
     metadata: bool = True,
     provenance_columns: bool = True,
 ) -> Iterator[tuple[str, pa.Table]]:
@@ -327,7 +328,7 @@ def write_results(frame: pd.DataFrame, root: str | Path, groups: GroupSet | None
     names = group_names_from_columns(list(frame.columns))
     metadata = None
     if groups is not None:
-        metadata = file_metadata(groups.to_json(), dict(provenance or provenance_record("random", [], 0)))
+        metadata = file_metadata(groups.to_json(), dict(provenance or provenance_record(DEFAULT_TIES, [], 0)))
     full = results_schema(names)
     kind = frame["kind"].astype(str)
     stems = np.where(

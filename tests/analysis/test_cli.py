@@ -17,6 +17,7 @@ import pytest
 from metacam.analysis.cli import main
 from metacam.analysis.outputs import OUTPUTS
 from metacam.analysis.synthetic import make_groups, synthetic_results, write_results
+from metacam.schema import REQUIRED_COLUMNS
 from tests.analysis.conftest import GROUPS
 from tests.analysis.helpers import hand_frame, write_hand
 
@@ -70,13 +71,18 @@ def test_full_run_writes_tables_figures_and_report(small_run, small_dataset):
 
     paper = pd.read_csv(out / "metacam_vs_single.csv")
     assert paper["entry"].iloc[0] == "MetaCAM comparator: group1+group2+group3+group4+group5"
-    assert paper["kind"].tolist().count("single") == 12 and paper["kind"].tolist().count("control") == 2
+    kinds = paper["kind"].tolist()
+    assert (kinds.count("single"), kinds.count("single (control group)"), kinds.count("control")) == (11, 1, 2)
+    assert paper["entry"].iloc[-3] == "group6_random"  # the control group's member, after the real CAMs
     plain = raw[(raw["kind"] == "metacam") & (raw["k"] == 100) & (raw["combo_id"] == 31)]
     assert paper.loc[0, "plain_mean"] == pytest.approx(float(plain["road_heldout_combined"].astype(float).mean()))
 
     comparisons = pd.read_csv(out / "comparisons.csv")
     assert set(comparisons["metric"]) == {"combined", "deletion", "insertion"}
     assert (comparisons.groupby("metric").size() == 14).all()  # 12 singles + 2 controls per metric
+    kinds = comparisons[comparisons["metric"] == "combined"].set_index("opponent")["opponent_kind"]
+    assert kinds["group6_random"] == "control" and kinds["group1_cam1"] == "single"
+    assert (kinds == "control").sum() == 3
     assert ((comparisons["wins"] + comparisons["ties"] + comparisons["losses"]) == comparisons["n_units"]).all()
 
     effects = pd.read_csv(out / "effects.csv")
@@ -258,6 +264,20 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, setup, argv, message):
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and err.startswith("metacam analyze: error: ")
     assert message in err
+
+
+def test_design_columns_alone_suffice_end_to_end(tmp_path, capsys):
+    # No file metadata, no road_ties / road_mode, no optional provenance: DESIGN §3's columns only.
+    frame = synthetic_results(6, groups=THREE, seed=8, provenance_columns=False)
+    keep = [c for c in frame.columns if c in REQUIRED_COLUMNS or c.startswith("g_")]
+    write_results(frame[keep], tmp_path / "data")
+    code, out, err = run(capsys, tmp_path / "data", "--out", tmp_path / "out", "--bootstrap", "200")
+    assert code == 0 and err == ""
+    assert "groups (3, from columns): group1, group2, group3; comparator group1+group2+group3" in out
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "The ROAD tie rule is not recorded (no road_ties or road_mode column, no metadata): assumed 'random'" in report
+    assert "The files record no group definition (Parquet metadata): groups were read from the g_* columns" in report
+    assert (tmp_path / "out" / "comparisons.csv").is_file() and (tmp_path / "out" / "cre_plot.png").is_file()
 
 
 def test_in_sample_still_works_without_heldout_scores(tmp_path, capsys):

@@ -156,6 +156,16 @@ def test_several_sweeps_need_a_choice(tmp_path, frame):
         load_dataset(tmp_path, sweep_id="three")
 
 
+def test_several_sweeps_inside_one_file(tmp_path, frame):
+    # The footer statistics of each file then span two values, so the column itself is read.
+    mixed = frame.assign(sweep_id=np.where(frame["model"] == "model_a", "alpha", "beta"))
+    write_results(mixed, tmp_path, GROUPS)
+    with pytest.raises(AnalysisError, match=r"holds 2 sweeps \(alpha, beta\)"):
+        load_dataset(tmp_path)
+    dataset = load_dataset(tmp_path, sweep_id="beta")
+    assert set(dataset.units["model"]) == {"model_b"} and len(dataset.units) == 6
+
+
 def test_sweeps_with_different_groups_can_share_a_folder(tmp_path, frame):
     write_results(frame, tmp_path / "three", GROUPS)
     six = make_groups(6)

@@ -103,7 +103,8 @@ def test_headline_yes_when_metacam_beats_everything(optimism_run):
     result, out = optimism_run
     headline = pd.read_csv(out / "headline.csv").set_index("metric")
     assert headline.loc["combined", "beats_every_single"] and headline.loc["combined", "beats_controls"]
-    assert headline.loc["combined", "singles"] == 7 and headline.loc["combined", "controls"] == 2
+    # group3 is a control group: its member group3_random is compared as a control, not as a CAM.
+    assert headline.loc["combined", "singles"] == 6 and headline.loc["combined", "controls"] == 3
     assert bool(headline.loc["deletion", "beats_every_single"])
     report = (out / "report.md").read_text()
     answer = report.index("## Answer (held-out): does MetaCAM beat every single CAM?")
@@ -121,10 +122,10 @@ def test_headline_no_when_a_single_cam_is_better(tmp_path):
     assert result.headline is not None and result.comparisons is not None
     row = result.headline.set_index("metric").loc["combined"]
     assert not row["beats_every_single"] and row["closest_single"] == "group1_cam1"
-    assert row["singles_beaten"] == 4 and row["closest_difference"] < 0
+    assert row["singles"] == 4 and row["singles_beaten"] == 3 and row["closest_difference"] < 0
     verdicts = result.comparisons[result.comparisons["metric"] == "combined"].set_index("opponent")["verdict"]
     assert verdicts["group1_cam1"] == "worse"
     # The comparator's level (0.1 + 0.06 + 0.01 = 0.17) is below this "control" planted at 0.2.
     assert verdicts["smooth_noise"] == "worse"
     assert not row["beats_controls"]
-    assert "**No** — it beats 4 of 5 single CAMs" in (tmp_path / "out" / "report.md").read_text()
+    assert "**No** — it beats 3 of 4 single CAMs" in (tmp_path / "out" / "report.md").read_text()
