@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the sweep to analyse when the dataset holds several")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES, metavar="N",
                         help=f"cluster-bootstrap replicates (default {DEFAULT_REPLICATES})")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    parser.add_argument("--bootstrap-seed", type=int, default=DEFAULT_SEED, metavar="SEED",
                         help=f"seed of the cluster bootstrap (default {DEFAULT_SEED})")
     return parser
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = analyze(args.results_dir, args.out, score=args.score, metric=args.metric,
                          in_sample=args.in_sample, interactions=args.interactions, sweep_id=args.sweep_id,
-                         replicates=args.bootstrap, seed=args.seed)
+                         replicates=args.bootstrap, seed=args.bootstrap_seed)
     except AnalysisError as error:
         return _error(error)
     try:
