@@ -156,7 +156,12 @@ def _units_by_model(dataset: Dataset) -> pd.DataFrame:
 
 def _cluster_warnings(result: AnalysisResult, parts: list[Subset]) -> None:
     n = result.dataset.n_clusters
-    if n < MIN_CLUSTERS:
+    if n < 2:
+        result.warnings.append(
+            "Only one cluster (one image under one model) carries the data: no confidence interval or test can "
+            "account for the correlation of its rows. CIs are not available and OLS standard errors assume "
+            "independent rows; add images.")
+    elif n < MIN_CLUSTERS:
         result.warnings.append(
             f"Only {n} clusters (model × image) carry the data: with fewer than {MIN_CLUSTERS} clusters, "
             "cluster-robust inference is fragile. CIs use the cluster bootstrap's standard error with the "
@@ -192,9 +197,6 @@ def _experiment_parts(result: AnalysisResult, boot: ClusterBootstrap, interactio
     if result.fit.dropped:
         result.notes.append("Terms the data cannot identify were left out of the OLS model: "
                             + ", ".join(result.fit.dropped) + ".")
-    if result.fit.inference == "iid":
-        result.notes.append("Only one cluster (one image under one model): OLS standard errors assume "
-                            "independent rows and the bootstrap CIs are not available.")
 
 
 def _cre_table(result: AnalysisResult) -> pd.DataFrame:

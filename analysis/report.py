@@ -56,7 +56,11 @@ def answer_lines(result: AnalysisResult) -> list[str]:
         rows = result.comparisons[result.comparisons["metric"] == row.metric]
         mine = float(rows.loc[rows["n_units"].idxmax(), "mine_mean"])
         if row.singles:
-            verdict = "**Yes**" if row.beats_every_single else "**No**"
+            singles = rows[rows["opponent_kind"] == "single"]
+            worse = int((singles["verdict"] == "worse").sum())
+            verdict = ("**Yes**" if row.beats_every_single else
+                       f"**No** ({worse} single CAM(s) significantly better)" if worse else
+                       "**Not shown** (no single CAM is significantly better, but not all are beaten)")
             text = (f"- **{row.score}** ({'higher' if metric.sign > 0 else 'lower'} is better; MetaCAM mean "
                     f"{mine:.4f} over {row.n_units} units): {verdict} — it beats {row.singles_beaten} of "
                     f"{row.singles} single CAMs. Closest: {row.closest_single}, difference MetaCAM − it = "
@@ -470,10 +474,11 @@ def summary_text(result: AnalysisResult) -> str:
     if result.cre_table is not None:
         lines.append("")
         width = max(12, *(len(n) + 2 for n in groups.names))
-        lines.append(f"{'group':<{width}}{'CRE':>10}   95% CI{'':14}{'beta':>9}{'OLS':>9}")
+        lines.append(f"{'group':<{width}}{'CRE':>10}   {'95% CI':<20}{'beta':>9}{'OLS':>9}")
         for row in result.cre_table.itertuples():
-            lines.append(f"{row.group:<{width}}{row.cre:>+10.4f}   [{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
-                         f"{row.beta:>+9.4f}{row.ols_main_effect:>+9.4f}")
+            interval = (f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]" if np.isfinite(row.ci_low) else "n/a")
+            lines.append(f"{row.group:<{width}}{row.cre:>+10.4f}   {interval:<20}{row.beta:>+9.4f}"
+                         f"{row.ols_main_effect:>+9.4f}")
         facts = result.identity_facts
         if facts is not None:
             g = int(facts["n_groups"])

@@ -10,6 +10,7 @@ import pytest
 
 from metacam.analysis.pipeline import analyze
 from metacam.analysis.synthetic import make_groups, write_synthetic
+from tests.analysis.helpers import write_hand
 
 GROUPS = make_groups(3)  # group3 is the control: comparator = combo 3 (group1+group2)
 COMPARATOR = GROUPS.combo_name(GROUPS.comparator)
@@ -128,4 +129,17 @@ def test_headline_no_when_a_single_cam_is_better(tmp_path):
     # The comparator's level (0.1 + 0.06 + 0.01 = 0.17) is below this "control" planted at 0.2.
     assert verdicts["smooth_noise"] == "worse"
     assert not row["beats_controls"]
-    assert "**No** — it beats 3 of 4 single CAMs" in (tmp_path / "out" / "report.md").read_text()
+    assert "**No** (1 single CAM(s) significantly better) — it beats 3 of 4 single CAMs" in (
+        tmp_path / "out" / "report.md").read_text()
+
+
+def test_headline_not_shown_when_the_data_cannot_tell(tmp_path):
+    # One unit (one cluster): MetaCAM scores higher than the single CAM, but nothing can be concluded.
+    write_hand(tmp_path / "data", {c: [0.1 * c] for c in range(8)}, groups=GROUPS,
+               singles={"group1_cam1": [0.0]})
+    result = analyze(tmp_path / "data", tmp_path / "out", replicates=200)
+    assert result.comparisons is not None
+    assert (result.comparisons["verdict"] == "no clear difference").all()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**Not shown** (no single CAM is significantly better, but not all are beaten)" in report
+    assert "> **Warning:** Only one cluster" in report
