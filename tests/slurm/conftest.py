@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO / "slurm" / "local-cluster.sh"
 DEFAULT_STATE_DIR = "/tmp/metacam-slurm"
 PARTITION = "debug"
+# The cluster the tests start (and .ci/run) has MaxArraySize=50, so a sweep of more
+# than 50 tasks must be split into several job arrays.
+MAX_ARRAY_SIZE = 50
 
 # Every binary the cluster script and the tests call.
 REQUIRED_BINARIES = (
@@ -70,6 +73,7 @@ class SlurmCluster:
     conf: Path
     started_here: bool  # this session started it, so this session stops it
     new_folder: Callable[[str], Path]  # fresh folder for a submitit executor
+    max_array_size: int | None  # MaxArraySize from `scontrol show config` (None: unreadable)
 
     def job_state(self, job_id: str) -> str | None:
         """Slurm's state of a job (`12`, or array task `12_3`) from slurmctld's
@@ -129,13 +133,32 @@ _ENDED = {
 }
 
 
+def read_max_array_size() -> int | None:
+    """The running cluster's MaxArraySize (`scontrol show config`), None if unreadable."""
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=False)
+    for line in out.stdout.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+def job_logs(folder: Path, limit: int = 6, chars: int = 2000) -> str:
+    """The tails of the newest submitit logs under ``folder`` (for failure messages)."""
+    logs = sorted(Path(folder).rglob("*_log.*"), key=lambda p: p.stat().st_mtime)[-limit:]
+    parts = [f"== {log}\n{log.read_text(errors='replace')[-chars:]}" for log in logs]
+    return "\n".join(parts) or f"(no submitit logs under {folder})"
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """A running one-node cluster with partition `debug`.
 
     Reuses a cluster that is already running in the state dir
     ($METACAM_SLURM_DIR, else /tmp/metacam-slurm) and then leaves it running;
-    otherwise starts one and stops it at the end of the session.
+    otherwise starts one with MaxArraySize=50 (`--max-array-size 50`) and stops
+    it at the end of the session. A reused cluster may have another MaxArraySize
+    (`max_array_size`); the array-splitting test then skips and says so.
     """
     reason = slurm_skip_reason()
     if reason:
@@ -150,7 +173,11 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         == 0
     )
     if not running:
-        start = subprocess.run([*script, "start", *args], capture_output=True, text=True)
+        start = subprocess.run(
+            [*script, "start", *args, "--max-array-size", str(MAX_ARRAY_SIZE)],
+            capture_output=True,
+            text=True,
+        )
         if start.returncode != 0:
             pytest.fail(f"local-cluster.sh start failed:\n{start.stdout}\n{start.stderr}")
 
@@ -165,7 +192,8 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         mp.setenv("SLURM_CONF", str(conf))
         mp.setenv("PATH", os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS]))
         try:
-            yield SlurmCluster(PARTITION, state_dir, conf, not running, new_folder)
+            max_array = read_max_array_size()
+            yield SlurmCluster(PARTITION, state_dir, conf, not running, new_folder, max_array)
         finally:
             if not running:
                 subprocess.run([*script, "stop", *args], capture_output=True, check=False)
