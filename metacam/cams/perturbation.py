@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metacam.batching import Batches
 from metacam.cams.gradient import weighted_sum
 from metacam.cams.registry import MemberInput, member
 
@@ -90,6 +91,7 @@ def scorecam(
     batch, channels = activations.shape[:2]
     size = x.shape[-2:]
     scores = torch.empty(batch, channels, device=x.device, dtype=x.dtype)
+    batches = Batches(batch_size, "ScoreCAM")  # halves on CUDA out-of-memory
     zero_score: dict[int, Tensor] = {}
     for b in range(batch):
         target = int(targets[b])
@@ -101,8 +103,10 @@ def scorecam(
                 zero_score[target] = _target_scores(net, torch.zeros_like(x[:1]), target)[0]
             scores[b, constant] = zero_score[target]
         live = torch.nonzero(~constant).flatten()
-        for start in range(0, live.numel(), batch_size):
-            idx = live[start : start + batch_size]
+
+        def masked(start: int, stop: int, b: int = b, acts: Tensor = acts, live: Tensor = live,
+                   target: int = target) -> None:
+            idx = live[start:stop]
             up = F.interpolate(acts[idx][None], size=size, mode="bilinear", align_corners=True)[0]
             low = up.flatten(1).amin(1)[:, None, None]
             high = up.flatten(1).amax(1)[:, None, None]
@@ -110,6 +114,8 @@ def scorecam(
             scores[b, idx] = _target_scores(net, x[b][None] * masks[:, None], target)
             if progress is not None:
                 progress(idx.numel())
+
+        batches.run(live.numel(), masked)
         if progress is not None:
             progress(int(constant.sum()))
     return weighted_sum(torch.softmax(scores, dim=1), activations)
@@ -158,6 +164,7 @@ def ablationcam(
     """
     batch, channels = activations.shape[:2]
     weights = torch.zeros(batch, channels, device=x.device, dtype=activations.dtype)
+    batches = Batches(batch_size, "AblationCAM")  # halves on CUDA out-of-memory
     swap = _ReplaceOutput()
     tail = _Tail(net)
     handle = target_layer.register_forward_hook(swap)
@@ -171,8 +178,10 @@ def ablationcam(
             # by ablation: its weight is 0 (and its activation is 0 when value is 0).
             unchanged = (acts == value).flatten(1).all(1)
             live = torch.nonzero(~unchanged).flatten()
-            for start in range(0, live.numel(), batch_size):
-                idx = live[start : start + batch_size]
+
+            def ablate(start: int, stop: int, b: int = b, acts: Tensor = acts, live: Tensor = live,
+                       value: float = value, original: Tensor = original, target: int = target) -> None:
+                idx = live[start:stop]
                 ablated = acts.expand(idx.numel(), -1, -1, -1).clone()
                 ablated[torch.arange(idx.numel()), idx] = value
                 swap.replacement = ablated
@@ -180,6 +189,8 @@ def ablationcam(
                 weights[b, idx] = (original - scores) / original
                 if progress is not None:
                     progress(idx.numel())
+
+            batches.run(live.numel(), ablate)
             if progress is not None:
                 progress(int(unchanged.sum()))
     finally:
@@ -206,6 +217,8 @@ class _Tail:
                 out = self.net(image)
                 if out.shape[0] == count:
                     return out[:, target]
+            except torch.cuda.OutOfMemoryError:
+                raise  # not a shape problem: the caller halves the batch
             except RuntimeError:
                 pass  # a layer after the target mixes the batch-1 prefix with the batch
             self.full_passes = True

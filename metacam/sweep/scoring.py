@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metacam.adaptive import AdaptiveResult, score_methods
+from metacam.batching import Batches
 from metacam.cache import EntryKey, MemberCache
 from metacam.cams import compute_members, resolve_member
 from metacam.deletion import deletion_insertion
@@ -101,8 +102,7 @@ def _items(ctx: JobContext, images: list[LoadedImage]) -> tuple[list[Item], Prob
     """Each image's targets (data.target) and the probe over all (image, target) pairs."""
     job, bundle = ctx.job, ctx.bundle
     x = bundle.preprocess(images)
-    with torch.inference_mode():
-        logits = bundle.net(x).float()
+    logits = clean_logits(bundle.net, x)
     job.targets.check_classes(logits.shape[1])
     items: list[Item] = []
     index: list[int] = []
@@ -116,6 +116,18 @@ def _items(ctx: JobContext, images: list[LoadedImage]) -> tuple[list[Item], Prob
     probe = Probe(bundle.net, x[index], targets, clean, tuple(item.image.image_id for item in items),
                   job.spec.seed)
     return items, probe
+
+
+def clean_logits(net: torch.nn.Module, x: Tensor) -> Tensor:
+    """The logits of the clean images (B, classes), in batches that halve on CUDA OOM."""
+    out: dict[int, Tensor] = {}
+
+    def forward(start: int, stop: int) -> None:
+        with torch.inference_mode():
+            out[start] = net(x[start:stop]).float()
+
+    Batches(x.shape[0], "clean forward").run(x.shape[0], forward)
+    return torch.cat([out[start] for start in sorted(out)])
 
 
 def _needed(experiments: list[Experiment]) -> list[str]:

@@ -214,3 +214,27 @@ def test_frozen_weights_still_give_gradient_maps(tiny_resnet, resnet_input):
             parameter.requires_grad_(True)
     for name in SHARED:
         assert torch.allclose(got[name], expected[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+def test_perturbation_members_halve_their_batch_on_out_of_memory(tiny_resnet, resnet_input, method, caplog):
+    """CUDA's out-of-memory error injected (on CPU) into the classifier head for batches
+    above 2: the member retries at half its batch and gives the same map."""
+    layer = tiny_resnet.layer4[-1]
+    options = MemberOptions(batch_size=8, ablation_batch=8)
+    expected = member_cams(tiny_resnet, resnet_input[:1], layer, methods=[method], options=options)[method]
+
+    def out_of_memory(_module, inputs):
+        if inputs[0].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    handle = tiny_resnet.fc.register_forward_pre_hook(out_of_memory)
+    try:
+        with caplog.at_level("WARNING", logger="metacam"):
+            got = member_cams(tiny_resnet, resnet_input[:1], layer, methods=[method], options=options)[method]
+    finally:
+        handle.remove()
+    # the same images through the model in other batch sizes: float32 rounding only
+    assert torch.allclose(got, expected, atol=1e-5)
+    label = {"scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}[method]
+    assert f"{label}: out of memory at batch 8; retrying at batch 4" in caplog.text

@@ -1,4 +1,5 @@
-"""Config tests through Hydra's compose API: the sweep is 64 jobs, every option composes."""
+"""Config tests through Hydra's compose API: 2^G jobs for G groups, every option composes,
+the schema refuses typos, study ids, and user config folders."""
 
 from pathlib import Path
 
@@ -8,10 +9,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from metacam.experiments.sweep import CONF_DIR, job_spec, sweep_size
-from metacam.groups import DEFAULT_GROUPS, combo_flags
-from metacam.sweep import experiments_of, validate
-from tests.experiments.conftest import composed
+from metacam.errors import MetaCAMError
+from metacam.experiments.plan import CONF_DIR, job_spec, plan_sweep
+from metacam.groups import default_groups
+from metacam.sweep import all_experiments, experiments_of, study_id, validate
+from tests.experiments.conftest import FAST, composed
 
 
 def sweep_jobs(overrides: list[str] = ()) -> list[list[str]]:
@@ -26,36 +28,61 @@ def sweep_jobs(overrides: list[str] = ()) -> list[list[str]]:
 def test_sweep_expands_to_64_distinct_jobs_with_combo_ids_0_to_63():
     jobs = sweep_jobs()
     assert len(jobs) == 64
+    groups = default_groups()
     seen = {}
     for job in jobs:
         with composed(job) as cfg:
             spec = job_spec(cfg)
-        (combo, *singles) = experiments_of(spec.combo, spec.groups)
+        resolved = validate(spec)
+        (combo, *rest) = experiments_of(resolved.groups, resolved.combo_id)
         seen[combo.combo_id] = combo
         # the group flags are exactly the bits of combo_id, bit 0 = gradcam
-        assert combo.flags == combo_flags(combo.combo_id)
-        assert spec.combo == combo.flags
-        on = [g for g, flag in combo.flags.items() if flag]
-        assert combo.members == [m for g in on for m in DEFAULT_GROUPS[g]]
-        assert [s.method for s in singles] == (list(DEFAULT_GROUPS[on[0]]) if len(on) == 1 else [])
+        assert combo.flags == tuple(bool(combo.combo_id >> i & 1) for i in range(6))
+        on = [g for g, flag in zip(groups, combo.flags, strict=True) if flag]
+        assert list(combo.members) == [m for g in on for m in groups[g]]
+        singles = [e.method for e in rest if e.kind == "single"]
+        assert singles == (list(groups[on[0]]) if len(on) == 1 else [])
+        assert [e.method for e in rest if e.kind == "control"] == (
+            ["shuffled", "smooth_noise"] if combo.combo_id == 63 else [])
     assert sorted(seen) == list(range(64))
-    assert seen[0].method == "none" and seen[63].method == "+".join(DEFAULT_GROUPS)
+    assert seen[0].method == "none" and seen[63].method == "+".join(groups)
 
 
-def test_all_jobs_of_one_sweep_share_its_id_and_results_folder():
+@pytest.mark.parametrize("count", [1, 3, 7, 10])
+def test_the_number_of_jobs_follows_the_groups_config(tmp_path, count):
+    """Any number of groups: the sweeper makes 2^G jobs; combo_id is the bitmask."""
+    members = [m for ms in default_groups().values() for m in ms][:count]
+    groups = tmp_path / "groups"
+    groups.mkdir()
+    (groups / "mine.yaml").write_text("".join(f"g{i}: [{m}]\n" for i, m in enumerate(members)))
+    jobs = sweep_jobs([f"hydra.searchpath=[file://{tmp_path}]", "groups=mine"])
+    assert len(jobs) == 2**count
+    with composed([f"hydra.searchpath=[file://{tmp_path}]", "groups=mine"]) as cfg:
+        resolved = validate(job_spec(cfg))
+    assert resolved.groups.names == tuple(f"g{i}" for i in range(count))
+    experiments = all_experiments(resolved.groups)
+    assert len([e for e in experiments if e.kind == "metacam"]) == 2**count
+    assert len([e for e in experiments if e.kind == "single"]) == count
+
+
+def test_all_jobs_of_one_study_share_its_id_whatever_the_model_or_shard():
     ids = set()
-    for job in sweep_jobs()[:5]:
-        with composed(job) as cfg:
+    for overrides in ([], ["combo_id=5"], ["model=efficientnet_lite1"], ["data.shard_count=4", "data.shard_index=3"]):
+        with composed(overrides) as cfg:
             spec = job_spec(cfg)
         ids.add((spec.sweep_id, spec.results_dir))
     assert len(ids) == 1
-    with composed(["threshold=fine"]) as cfg:
-        assert job_spec(cfg).sweep_id not in {i for i, _ in ids}  # another grid, another dataset
+    (sweep_id, _), = ids
+    for other in (["threshold=fine"], ["road=paper"], ["data.target=top2"], ["heldout.percentiles=[25,75]"],
+                  ["seed=1"], ["groups.random=[gradcam]", "groups.gradcam=[hirescam]"]):
+        with composed(other) as cfg:
+            assert job_spec(cfg).sweep_id != sweep_id, other  # defines another study
 
 
-def test_sweep_size_counts_combinations_and_baselines():
+def test_study_id_is_a_function_of_the_spec_only():
     with composed() as cfg:
-        assert sweep_size(job_spec(cfg)) == (64, 64 + 12)
+        spec = job_spec(cfg)
+    assert spec.sweep_id == study_id(spec) and spec.sweep_id.startswith("study-")
 
 
 def options(group: str) -> list[str]:
@@ -80,6 +107,29 @@ def test_every_option_composes_and_validates(group, option):
         assert spec.model.name == cfg.model.name
     if group == "threshold":
         assert spec.ks == [float(k) for k in cfg.threshold.ks] and spec.ks[-1] == 100
+    if group == "road":
+        assert spec.road.ties == {"default": "random", "paper": "inclusive"}[option]
+
+
+def test_defaults_come_from_the_library_dataclasses():
+    """One place per default: the composed config equals the dataclasses' defaults."""
+    from metacam.config import DataConfig, HeldoutConfig, RoadConfig
+    from metacam.deletion import DeletionConfig
+
+    with composed() as cfg:
+        spec = job_spec(cfg)
+    assert spec.road == RoadConfig() and spec.heldout == HeldoutConfig()
+    assert spec.deletion == DeletionConfig() and spec.data == DataConfig()
+    assert spec.groups == {g: list(m) for g, m in default_groups().items()}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("road.tiess=random", "tiess"), ("road.noise=abc", "noise"), ("model.nam=x", "nam")],
+)
+def test_the_schema_refuses_unknown_keys_and_wrong_types(override, message):
+    with pytest.raises(MetaCAMError, match=message):
+        plan_sweep([*FAST, override])
 
 
 def instantiate_launcher(node):
@@ -106,19 +156,17 @@ def test_hydra_launcher_override_also_works():
         assert type(instantiate_launcher(cfg.hydra.launcher)).__name__ == "SlurmLauncher"
 
 
-def test_site_settings_in_conf_local_are_picked_with_local_option():
-    """conf/local/NAME.yaml (git-ignored) holds a site's cluster settings."""
-    local = CONF_DIR / "local"
-    created = not local.exists()
-    local.mkdir(exist_ok=True)
-    site = local / "pytest_site.yaml"
-    site.write_text("# @package _global_\nout_dir: /shared/metacam\nhydra:\n  launcher:\n    partition: gpu\n")
-    try:
-        with composed(["launcher=submitit_slurm", "local=pytest_site"], hydra_config=True) as cfg:
-            assert cfg.hydra.launcher.partition == "gpu"
-            assert job_spec(cfg).results_dir.startswith("/shared/metacam/sweeps/")
-    finally:
-        site.unlink()
-        if created:
-            local.rmdir()
-    assert "/conf/local/" in (Path(CONF_DIR).parent / ".gitignore").read_text()
+def test_site_settings_come_from_a_config_dir(tmp_path):
+    """A site's cluster settings live in the user's own folder: --config-dir DIR with local/NAME.yaml."""
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "site.yaml").write_text(
+        "# @package _global_\nout_dir: /shared/metacam\nhydra:\n  launcher:\n    partition: gpu\n")
+    with composed(["launcher=submitit_slurm", "local=site"], hydra_config=True, config_dirs=[str(tmp_path)]) as cfg:
+        assert cfg.hydra.launcher.partition == "gpu"
+        assert job_spec(cfg).results_dir.startswith("/shared/metacam/sweeps/")
+
+
+def test_installed_configs_are_package_data():
+    """conf/ ships inside the package (metacam.conf), so an installed sweep finds it anywhere."""
+    assert (CONF_DIR / "sweep.yaml").is_file() and (CONF_DIR / "groups" / "default.yaml").is_file()
+    assert Path(CONF_DIR).name == "conf"
