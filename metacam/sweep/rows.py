@@ -54,7 +54,9 @@ class Provenance:
     metadata: dict[bytes, bytes]
 
     @classmethod
-    def of(cls, job: Job, bundle: ModelBundle) -> Provenance:
+    def of(cls, job: Job, bundle: ModelBundle, model: str) -> Provenance:
+        """model: the model key (metacam.sweep.design.model_key), the ``model`` column: it
+        tells apart weights of one architecture (checkpoints, seeds, input sizes)."""
         spec = job.spec
         heldout = job.heldout.percentiles if job.heldout is not None else []
         fixed = {
@@ -84,7 +86,7 @@ class Provenance:
             "metacam": __version__,
         }
         metadata = file_metadata(job.groups.to_json(), record)
-        return cls(spec.sweep_id, bundle.name, bundle.target_layer_name, job.groups.columns, fixed, metadata)
+        return cls(spec.sweep_id, model, bundle.target_layer_name, job.groups.columns, fixed, metadata)
 
     @property
     def schema(self) -> pa.Schema:

@@ -109,7 +109,7 @@ def run_job(spec: JobSpec) -> JobReport:
     model = model_key(spec.model)
     job.targets.check_classes(len(bundle.categories))
     write_manifest(manifest(job, model, bundle.target_layer_name), spec.results_dir)
-    ctx = JobContext(job, bundle, model, MemberCache(spec.cache_dir), Provenance.of(job, bundle),
+    ctx = JobContext(job, bundle, model, MemberCache(spec.cache_dir), Provenance.of(job, bundle, model),
                      report.timings)
     for entries in shard_units(spec):
         name = unit_name(model, bundle.target_layer_name, entries, job.targets)
