@@ -15,6 +15,7 @@ from metacam.cams.postprocess import normalise
 from metacam.config import check_ks
 from metacam.errors import MetaCAMError
 
+
 def percentile_of_sorted(ascending: Tensor, q: float) -> Tensor:
     """``numpy.percentile(values, q)`` (method 'linear') of rows sorted ascending.
 

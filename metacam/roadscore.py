@@ -25,7 +25,7 @@ the model in large batches; the clean image goes through once (:class:`Probe`).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -321,25 +321,11 @@ def road_many(
             else _inclusive_masks(flat, config.percentiles)
         ).reshape(-1, pixels)
         distinct, inverse = _distinct(masks)
-        requested = torch.bincount(inverse, minlength=distinct.shape[0]).cpu()
         stats.masks += masks.shape[0]
         stats.unique_masks += distinct.shape[0]
-        probs = torch.empty(distinct.shape[0], device=device)
-
-        def score(start: int, stop: int, b: int = b) -> None:
-            removed = distinct[start:stop].view(-1, height, width)
-            tick = time.perf_counter()
-            perturbed = impute_masks(x[b], removed)
-            if config.noise > 0:
-                perturbed += noise_field * removed[:, None]
-            _sync(device)
-            stats.impute_seconds += time.perf_counter() - tick
-            target = probe.targets[b].expand(removed.shape[0])
-            probs[start:stop] = target_probabilities(probe.net, perturbed, target, batch_size=forward.size,
-                                                     stats=stats, batches=forward)
-            progress.advance(int(requested[start:stop].sum()))
-
-        chunks.run(distinct.shape[0], score)
+        requested = torch.bincount(inverse, minlength=distinct.shape[0]).cpu()
+        probs = _perturbed_probabilities(probe, b, distinct, noise_field, config.noise, forward, chunks,
+                                         stats, lambda start, stop, r=requested: progress.advance(int(r[start:stop].sum())))
         after[b] = probs[inverse].view(count_maps, -1)
 
     morf_curve, lerf_curve = after[..., :steps], after[..., steps:]
@@ -353,6 +339,33 @@ def road_many(
         clean=probe.clean,
         percentiles=tuple(config.percentiles),
     )
+
+
+def _perturbed_probabilities(
+    probe: Probe, b: int, distinct: Tensor, noise_field: Tensor, noise: float, forward: Batches,
+    chunks: Batches, stats: RoadStats, done: Callable[[int, int], None],
+) -> Tensor:
+    """f of image b with each distinct mask (N, H*W) removed: imputed, noise added on the
+    removed pixels, evaluated in batches. Returns (N,); ``done(start, stop)`` per chunk."""
+    x = probe.x[b]
+    height, width = x.shape[-2:]
+    probs = torch.empty(distinct.shape[0], device=x.device)
+
+    def score(start: int, stop: int) -> None:
+        removed = distinct[start:stop].view(-1, height, width)
+        tick = time.perf_counter()
+        perturbed = impute_masks(x, removed)
+        if noise > 0:
+            perturbed += noise_field * removed[:, None]
+        _sync(x.device)
+        stats.impute_seconds += time.perf_counter() - tick
+        target = probe.targets[b].expand(removed.shape[0])
+        probs[start:stop] = target_probabilities(probe.net, perturbed, target, batch_size=forward.size,
+                                                 stats=stats, batches=forward)
+        done(start, stop)
+
+    chunks.run(distinct.shape[0], score)
+    return probs
 
 
 def road(

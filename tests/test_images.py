@@ -11,7 +11,14 @@ import torch
 from PIL import Image
 
 from metacam.errors import MetaCAMError
-from metacam.images import DEFAULT_SAMPLES, PHOTO_NAMES, SAMPLE_NAMES, load_image, load_images, to_tensor
+from metacam.images import (
+    DEFAULT_SAMPLES,
+    PHOTO_NAMES,
+    SAMPLE_NAMES,
+    load_image,
+    load_images,
+    to_tensor,
+)
 
 
 def _save(path: Path, pixels: np.ndarray, **kwargs) -> Path:

@@ -7,14 +7,16 @@ model plug-ins). Every map is (B, H, W) at input resolution, min-max normalised
 to [0, 1].
 """
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 # Importing the built-in modules registers their members, in DESIGN's order.
-from metacam.cams import gradient, perturbation, eigen, fullgrad, random  # noqa: F401, I001
+# isort: off
+from metacam.cams import gradient, perturbation, eigen, fullgrad, random  # noqa: F401
+# isort: on
 from metacam.cams.capture import bias_layers, eval_mode, grad_cam_bias_layers, shared_pass
 from metacam.cams.registry import (
     MEMBERS,
@@ -28,6 +30,7 @@ from metacam.cams.registry import (
     resolve_members,
 )
 from metacam.errors import MetaCAMError
+from metacam.progress import NO_PROGRESS, Progress
 from metacam.seeds import check_ids, stream_seed
 
 
@@ -61,7 +64,7 @@ def compute_members(
     seed: int = 0,
     image_ids: Sequence[str] | None = None,
     options: MemberOptions | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = NO_PROGRESS,
     on_error: str = "raise",
 ) -> MemberResult:
     """All requested members for a batch, with the logits and targets used.
@@ -72,7 +75,8 @@ def compute_members(
         stream ``member.<name>`` of (seed, image_ids[b]) (default ids: "0", "1", ...),
         so an image's map does not depend on its batch (metacam.seeds).
     options: memory bounds and variants of the built-ins (MemberOptions).
-    progress: called with a count of channels done by members with passes of their own.
+    progress: told the "member channels" stage (channels x images x members with passes
+        of their own) and the channels done.
     on_error: "raise" (a failing member raises MemberError) or "collect" (its
         reason goes to MemberResult.failures and the other members are computed).
     """
@@ -100,9 +104,12 @@ def compute_members(
             need_gradients=any(m.needs_gradients for m in chosen),
             fullgrad_layers=fullgrad_layers,
         )
+        own = sum(1 for entry in chosen if entry.own_passes)
+        if own:
+            progress.stage("member channels", own * shared.activations.shape[0] * shared.activations.shape[1])
         for entry in chosen:
             seeds = tuple(stream_seed(seed, f"member.{entry.name}", i) for i in ids) if entry.seeded else ()
-            inp = MemberInput(net, x, target_layer, shared, seeds, options, progress)
+            inp = MemberInput(net, x, target_layer, shared, seeds, options, progress.advance)
             try:
                 maps[entry.name] = _run(entry, inp, size)
             except MemberError as error:

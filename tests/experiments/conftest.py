@@ -19,15 +19,15 @@ def composed(overrides: list[str] = (), hydra_config: bool = False, config_dirs:
 # Overrides that make a real but fast sweep: random-weight ResNet-18 at 64 x 64,
 # one photo, a 3-value k grid, one ROAD percentage, two held-out percentages,
 # 4 deletion steps, ScoreCAM left out.
-FAST = [
+FAST_BASE = [
     "model=tiny_random",
     "data.images=[sample:coffee]",
     "threshold.ks=[20,60,100]",
     "road.percentiles=[50]",
     "heldout.percentiles=[30,70]",
     "deletion.steps=4",
-    "groups.perturbation=[ablationcam]",
 ]
+FAST = [*FAST_BASE, "groups.perturbation=[ablationcam]"]
 
-# Two groups only (4 combinations): the sweep tests' reduced grid.
-TWO_GROUPS = ["groups=two_groups"]
+# Two groups only (gradcam, eigen: 4 combinations): the sweep tests' reduced grid.
+TWO_GROUPS = [*FAST_BASE, "groups=two_groups"]
