@@ -35,7 +35,7 @@ from metacam.batching import Batches
 from metacam.config import RoadConfig, check_percentiles
 from metacam.ensemble import percentile_of_sorted
 from metacam.errors import MetaCAMError
-from metacam.imputation import linear_impute
+from metacam.imputation import impute_masks
 from metacam.progress import NO_PROGRESS, Progress
 from metacam.seeds import check_ids, stream_seed
 
@@ -256,11 +256,6 @@ def _distinct(masks: Tensor) -> tuple[Tensor, Tensor]:
     rank = torch.empty_like(order)
     rank[order] = torch.arange(n_distinct, device=masks.device)
     return masks[first[order]], rank[inverse]
-
-
-def impute_masks(image: Tensor, removed: Tensor) -> Tensor:
-    """Noise-free imputations of one image (C, H, W) under masks (M, H, W) -> (M, C, H, W)."""
-    return linear_impute(image.expand(removed.shape[0], -1, -1, -1), removed)
 
 
 def _check_maps(probe: Probe, maps: Tensor) -> Tensor:
