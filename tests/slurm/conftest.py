@@ -143,11 +143,17 @@ def read_max_array_size() -> int | None:
     return None
 
 
-def job_logs(folder: Path, limit: int = 6, chars: int = 2000) -> str:
-    """The tails of the newest submitit logs under ``folder`` (for failure messages)."""
-    logs = sorted(Path(folder).rglob("*_log.*"), key=lambda p: p.stat().st_mtime)[-limit:]
-    parts = [f"== {log}\n{log.read_text(errors='replace')[-chars:]}" for log in logs]
-    return "\n".join(parts) or f"(no submitit logs under {folder})"
+def job_logs(folder: Path, limit: int = 4, chars: int = 3000) -> str:
+    """For failure messages: the stdout and stderr tails of the submitit tasks under
+    ``folder`` that did not complete successfully (else of the newest tasks)."""
+    outs = sorted(Path(folder).rglob("*_log.out"), key=lambda p: p.stat().st_mtime)
+    failed = [p for p in outs if "completed successfully" not in p.read_text(errors="replace")]
+    parts = [f"{len(failed)} of {len(outs)} submitit task(s) under {folder} did not complete"]
+    for out in (failed or outs)[-limit:]:
+        for log in (out, out.with_name(out.name.replace("_log.out", "_log.err"))):
+            if log.exists():
+                parts.append(f"== {log}\n{log.read_text(errors='replace')[-chars:]}")
+    return "\n".join(parts)
 
 
 @pytest.fixture(scope="session")
