@@ -390,3 +390,25 @@ def test_bad_arguments_to_the_functions(tiny) -> None:
     ).eval()
     with pytest.raises(MetaCAMError, match="needs \\(B, classes\\) logits with at least 2 classes"):
         sanity_check(single, x, single[1], ["a", "b"], methods=["gradcam"])
+
+
+@pytest.mark.slow
+def test_cascade_over_an_efficientnet_follows_its_blocks() -> None:
+    """timm's EfficientNet-Lite0 (seeded random weights, 64x64): the target layer bn2 sits
+    after conv_head, so activation-only maps change at conv_head+bn2, not at classifier."""
+    bundle = load_model(
+        "efficientnet_lite0", "cpu", pretrained=False, seed=0, num_classes=10, input_size=(64, 64)
+    )
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    report = sanity_check(
+        bundle.net, x, bundle.target_layer, ["noise"], methods=["gradcam", "eigencam"]
+    )
+    assert report.cascade.randomized == [
+        "",
+        *(name for name, _ in randomization_blocks(bundle.net)),
+    ]
+    assert report.cascade.methods == ["gradcam", "eigencam", METACAM]
+    frame = pd.DataFrame(report.rows).set_index(["method", "step"])
+    assert frame.loc[("eigencam", 1), "spearman"] == 1.0  # classifier: after the target layer
+    assert frame.loc[("eigencam", 2), "spearman"] < 1.0  # conv_head+bn2: the target layer itself
+    assert frame.loc[("gradcam", 1), "spearman"] < 1.0  # the class weights changed
