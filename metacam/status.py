@@ -162,11 +162,15 @@ def study_status(results_dir: str | Path) -> StudyStatus:
 
 
 def _eta(times: list[float], remaining: int) -> float | None:
-    """Remaining files / the rate at which the last result files appeared (up to 200)."""
+    """Remaining files / the rate at which the last result files appeared (up to 200).
+
+    A job writes all experiments of a unit at once, so files come in bursts: below one
+    second between the first and last file there is no rate to speak of yet (None).
+    """
     if remaining <= 0:
         return 0.0
     recent = sorted(times)[-200:]
-    if len(recent) < 2 or recent[-1] <= recent[0]:
+    if len(recent) < 2 or recent[-1] - recent[0] < 1.0:
         return None
     return remaining * (recent[-1] - recent[0]) / (len(recent) - 1)
 
