@@ -81,15 +81,16 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     if cc is None:
         return None, "no C compiler (set CC, or install gcc/clang)"
     march = _march()
-    base = ["-O3", "-std=gnu99", "-fPIC", "-shared", "-fopenmp-simd"]
-    attempts = [base + [f"-march={march}"], base] if march else [base]
+    base = ["-O3", "-std=gnu99", "-fPIC", "-shared"]
+    # -fopenmp-simd only vectorises two reductions; -march=native everything else
+    attempts = [base + ["-fopenmp-simd"] + ([f"-march={march}"] if march else []), base]
     try:
         version = subprocess.run(
             [cc, "--version"], capture_output=True, text=True, timeout=30
         ).stdout
-    except (OSError, subprocess.SubprocessError) as err:
-        return None, f"{cc} --version failed: {err}"
-    errors = []
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"{cc} --version failed: {exc}"
+    errors: list[str] = []
     for flags in attempts:
         key = hashlib.sha256(
             "\0".join(
@@ -102,15 +103,17 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         ):
             lib = folder / f"impute-{key}.so"
             if not lib.exists():
-                err = _compile(cc, flags, folder, lib)
-                if err:
-                    errors.append(err)
+                problem = _compile(cc, flags, folder, lib)
+                if problem:
+                    errors.append(problem)
+                    if problem.startswith("compiler:"):
+                        break  # another folder will not help these flags
                     continue
             try:
                 arch = " ".join(f for f in flags if f.startswith("-march")) or "no -march"
                 return ctypes.CDLL(str(lib)), f"{lib} ({Path(cc).name}, {arch})"
-            except OSError as err:
-                errors.append(f"loading {lib}: {err}")
+            except OSError as exc:
+                errors.append(f"loading {lib}: {exc}")
     return None, "; ".join(errors)[-500:]
 
 
@@ -129,7 +132,7 @@ def _compile(cc: str, flags: list[str], folder: Path, lib: Path) -> str | None:
                 timeout=300,
             )
             if done.returncode != 0:
-                return f"{Path(cc).name} {' '.join(flags)}: {done.stderr.strip()[-300:]}"
+                return f"compiler: {Path(cc).name} {' '.join(flags)}: {done.stderr.strip()[-300:]}"
             os.replace(obj, lib)  # atomic: concurrent builders race harmlessly
     except (OSError, subprocess.SubprocessError) as err:
         return f"building in {folder}: {err}"

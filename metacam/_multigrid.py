@@ -427,16 +427,16 @@ def pcg(
     A mask converges when its estimated error max |V r| <= tol (V the V-cycle,
     close to A^-1 on the smooth error that remains). With ``exact_residual``
     (for float32) r must be the true residual computed in float64 from the
-    current y: it replaces the recursive residual once the recursive
-    estimate predicts convergence, or when a recursive estimate is already
-    below tol (then at the cost of one more V-cycle).
+    current y: it replaces the recursive residual (and CG restarts from it)
+    once the recursive estimate predicts convergence, or when a recursive
+    estimate is already below tol (then at the cost of one more V-cycle).
     """
     n_masks, dev = y0.shape[0], y0.device
-    y_out = y0.clone()
+    y_out = torch.empty_like(y0)  # every row is written: at convergence or at the end
     iters = torch.full((n_masks,), -1, dtype=torch.int64)
     final = torch.full((n_masks,), float("inf"), dtype=torch.float64)
     active = torch.arange(n_masks)  # original index of each active mask (CPU)
-    y = y_out.clone()
+    y = y0.clone()
     fine = levels[0]
     r = fine.image_residual(y)
     z = vcycle(levels, r)
