@@ -507,27 +507,48 @@ def image_figure(display: np.ndarray, report: SanityReport, index: int, title: s
 
     cascade = report.cascade
     steps, methods = len(cascade.randomized), len(cascade.methods)
-    fig = plt.figure(figsize=(1.15 * steps + 1.2, 1.15 * methods + 3.6))
-    grid = fig.add_gridspec(methods + 3, steps, height_ratios=[1] * methods + [0.25, 2.2, 0.2])
+    cell, curves_height = 1.0, 2.2  # inches: one map; the curves row
+    width = max(cell * steps + 1.4, 10.0)
+    height = cell * methods + curves_height + 2.0
+    # maps on top (rows: methods, columns: steps); below: input | Spearman | SSIM | legend
+    fig = plt.figure(figsize=(width, height))
+    fig_grid = fig.add_gridspec(
+        methods,
+        steps,
+        left=1.2 / width,
+        right=1 - 0.2 / width,
+        top=1 - 1.0 / height,
+        bottom=(curves_height + 1.4) / height,
+        wspace=0.05,
+        hspace=0.1,
+    )
     labels = ["trained", *cascade.randomized[1:]]
+    maps = cascade.maps[:, :, index].numpy()
     for m, method in enumerate(cascade.methods):
         for s in range(steps):
-            ax = fig.add_subplot(grid[m, s])
-            ax.imshow(cascade.maps[s, m, index].numpy(), cmap="jet", vmin=0, vmax=1)
+            ax = fig.add_subplot(fig_grid[m, s])
+            ax.imshow(maps[s, m], cmap="jet", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if m == 0:
                 ax.set_title(labels[s], fontsize=7, rotation=30)
             if s == 0:
                 ax.set_ylabel(method, fontsize=7)
-    curves = _curves(report, image=report.image_ids[index])
-    third = max(1, steps // 3)
-    ax_image = fig.add_subplot(grid[methods + 1, :third])
+    bottom = fig.add_gridspec(
+        1,
+        4,
+        width_ratios=[0.7, 1, 1, 0.6],
+        left=0.4 / width,
+        right=1 - 0.2 / width,
+        top=(curves_height + 0.9) / height,
+        bottom=0.9 / height,
+        wspace=0.35,
+    )
+    ax_image = fig.add_subplot(bottom[0, 0])
     ax_image.imshow(display)
     ax_image.axis("off")
-    ax_rho = fig.add_subplot(grid[methods + 1, third : third + (steps - third) // 2])
-    ax_ssim = fig.add_subplot(grid[methods + 1, third + (steps - third) // 2 :])
-    _plot_curves(ax_rho, ax_ssim, curves, labels, legend=True)
+    ax_rho, ax_ssim, ax_legend = (fig.add_subplot(bottom[0, i]) for i in (1, 2, 3))
+    _plot_curves(ax_rho, ax_ssim, _curves(report, image=report.image_ids[index]), labels, ax_legend)
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -540,8 +561,10 @@ def curves_figure(report: SanityReport, title: str) -> Any:
     import matplotlib.pyplot as plt
 
     labels = ["trained", *report.cascade.randomized[1:]]
-    fig, (ax_rho, ax_ssim) = plt.subplots(1, 2, figsize=(13, 4.8))
-    _plot_curves(ax_rho, ax_ssim, _curves(report), labels, legend=True)
+    fig, (ax_rho, ax_ssim, ax_legend) = plt.subplots(
+        1, 3, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1, 1, 0.22]}
+    )
+    _plot_curves(ax_rho, ax_ssim, _curves(report), labels, ax_legend)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -560,10 +583,17 @@ def _curves(report: SanityReport, image: str | None = None) -> dict[str, tuple[l
     return out
 
 
-def _plot_curves(ax_rho, ax_ssim, curves, labels, *, legend: bool) -> None:
+def _plot_curves(ax_rho, ax_ssim, curves, labels, ax_legend) -> None:
+    import matplotlib
+
     steps = range(len(labels))
-    for method, (rho, ssim_values) in curves.items():
-        style = {"linewidth": 2.5, "color": "black"} if method == METACAM else {"linewidth": 1}
+    colours = [matplotlib.colormaps["tab20"](i) for i in range(20)]  # no repeats for 13
+    for index, (method, (rho, ssim_values)) in enumerate(curves.items()):
+        style = (
+            {"linewidth": 2.5, "color": "black"}
+            if method == METACAM
+            else {"linewidth": 1, "color": colours[index % len(colours)]}
+        )
         ax_rho.plot(steps, rho, marker=".", label=method, **style)
         ax_ssim.plot(steps, ssim_values, marker=".", label=method, **style)
     for ax, name in ((ax_rho, "Spearman vs trained"), (ax_ssim, "SSIM vs trained")):
@@ -571,10 +601,11 @@ def _plot_curves(ax_rho, ax_ssim, curves, labels, *, legend: bool) -> None:
         ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel(name, fontsize=8)
         ax.axhline(0, color="grey", linewidth=0.5)
-        ax.set_ylim(-0.3, 1.05)
+        ax.set_ylim(-1.05, 1.05)  # both can be negative (anti-correlated, inverted maps)
         ax.tick_params(labelsize=7)
-    if legend:
-        ax_ssim.legend(fontsize=6, ncol=2, loc="upper right")
+    ax_legend.axis("off")
+    handles, names = ax_rho.get_legend_handles_labels()
+    ax_legend.legend(handles, names, loc="center left", fontsize=7, frameon=False)
 
 
 def write_report(
@@ -595,9 +626,12 @@ def write_report(
     sanity = pd.DataFrame(report.rows, columns=list(SANITY_COLUMNS))
     classes = pd.DataFrame(report.class_rows, columns=list(CLASS_COLUMNS))
     written = [
-        write_atomically(out / "sanity.csv", lambda path: sanity.to_csv(path, index=False)),
         write_atomically(
-            out / "class_sensitivity.csv", lambda path: classes.to_csv(path, index=False)
+            out / "sanity.csv", lambda path: sanity.to_csv(path, index=False, na_rep="nan")
+        ),
+        write_atomically(
+            out / "class_sensitivity.csv",
+            lambda path: classes.to_csv(path, index=False, na_rep="nan"),
         ),
     ]
     if displays is not None:

@@ -412,3 +412,19 @@ def test_cascade_over_an_efficientnet_follows_its_blocks() -> None:
     assert frame.loc[("eigencam", 1), "spearman"] == 1.0  # classifier: after the target layer
     assert frame.loc[("eigencam", 2), "spearman"] < 1.0  # conv_head+bn2: the target layer itself
     assert frame.loc[("gradcam", 1), "spearman"] < 1.0  # the class weights changed
+
+
+def test_undefined_correlations_are_written_as_nan(report: SanityReport, tmp_path: Path) -> None:
+    """A constant map has no ranking: its Spearman is NaN, written "nan" (never "", which
+    is step 0's ``randomized``), so both read back as meant."""
+    rows = [dict(row) for row in report.rows]
+    rows[7]["spearman"] = math.nan
+    changed = SanityReport(
+        report.image_ids, report.cascade, report.classes, rows, report.class_rows
+    )
+    write_report(changed, tmp_path)
+    lines = (tmp_path / "sanity.csv").read_text().splitlines()
+    assert lines[1 + 7].split(",")[4] == "nan"
+    frame = pd.read_csv(tmp_path / "sanity.csv", keep_default_na=False, na_values=["nan"])
+    assert math.isnan(frame.spearman[7]) and frame.spearman.notna().sum() == len(rows) - 1
+    assert frame.randomized[0] == ""
