@@ -67,6 +67,14 @@ class DeletionConfig:
     cuda_batch: int = 512
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`MetaCAMError` (one line naming the field) on a bad value.
+
+        Run on construction and again by :func:`deletion_insertion`, since the
+        class is not frozen (it doubles as a Hydra schema) and may be changed after.
+        """
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise MetaCAMError(
                 f"deletion steps={self.steps!r}: give an integer >= 1 (the number of equal steps)"
@@ -171,6 +179,7 @@ def deletion_insertion(
         MetaCAMError: shapes that do not match, a NaN or infinite map or image,
             a target outside the model's classes, a wrong number of seeds.
     """
+    config.validate()
     batch, channels, height, width, count_maps = _check_inputs(x, maps, targets, seeds, clean)
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise MetaCAMError(f"batch_size={batch_size!r}: give an integer >= 1")

@@ -400,5 +400,6 @@ def test_config_defaults_are_written_once() -> None:
     )
     assert config.batch_for(torch.device("cpu")) == 8
     assert config.batch_for(torch.device("cuda")) == 512
-    with pytest.raises(AttributeError):
-        config.steps = 3  # type: ignore[misc]  # frozen
+    config.steps = 0  # not frozen (it is also a Hydra schema): checked again on use
+    with pytest.raises(MetaCAMError, match="^deletion steps=0: give an integer >= 1"):
+        _call(config=config)
