@@ -35,7 +35,8 @@ def _matplotlib(file: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         from matplotlib import cbook
 
-        with cbook.get_sample_data(file) as handle, Image.open(handle) as image:
+        path = cbook.get_sample_data(file, asfileobj=False)
+        with Image.open(str(path)) as image:
             return np.asarray(to_rgb(image))
 
     return load

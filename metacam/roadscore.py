@@ -319,8 +319,12 @@ def road_many(
         stats.masks += masks.shape[0]
         stats.unique_masks += distinct.shape[0]
         requested = torch.bincount(inverse, minlength=distinct.shape[0]).cpu()
+
+        def done(start: int, stop: int, requested: Tensor = requested) -> None:
+            progress.advance(int(requested[start:stop].sum()))  # the masks these stood for
+
         probs = _perturbed_probabilities(probe, b, distinct, noise_field, config.noise, forward, chunks,
-                                         stats, lambda start, stop, r=requested: progress.advance(int(r[start:stop].sum())))
+                                         stats, done)
         after[b] = probs[inverse].view(count_maps, -1)
 
     morf_curve, lerf_curve = after[..., :steps], after[..., steps:]
