@@ -101,6 +101,9 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
             _cache_dir(),
             Path(tempfile.gettempdir()) / f"metacam-{getattr(os, 'getuid', lambda: 0)()}",
         ):
+            if not _private(folder):
+                errors.append(f"{folder}: not ours or writable by others; skipped")
+                continue
             lib = folder / f"impute-{key}.so"
             if not lib.exists():
                 problem = _compile(cc, flags, folder, lib)
@@ -117,10 +120,23 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     return None, "; ".join(errors)[-500:]
 
 
+def _private(folder: Path) -> bool:
+    """True unless ``folder`` exists and another user could have planted a library
+    there (not owned by us, or group/world-writable: e.g. a squatted /tmp name)."""
+    try:
+        st = folder.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    uid = getattr(os, "getuid", lambda: st.st_uid)()
+    return st.st_uid == uid and not st.st_mode & 0o022
+
+
 def _compile(cc: str, flags: list[str], folder: Path, lib: Path) -> str | None:
     """Compile into ``lib`` atomically; returns an error message or None."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             src = Path(tmp) / "impute.c"
             src.write_text(_SOURCE)

@@ -678,6 +678,28 @@ def test_native_build_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> Non
         native.library()
 
 
+def test_native_cache_never_loads_from_a_folder_others_can_write(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # e.g. a squatted /tmp name: anyone could plant impute-*.so
+    monkeypatch.setenv("METACAM_CACHE_DIR", str(shared))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "private"))
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("METACAM_NATIVE", "auto")
+    folders = []
+
+    def fake_compile(cc, flags, folder, lib):  # type: ignore[no-untyped-def]
+        folders.append(folder)
+        return "compiler: not run in this test"
+
+    monkeypatch.setattr(native, "_compile", fake_compile)
+    assert native.library() is None
+    assert shared not in folders and folders  # the private fallback was tried instead
+    assert "writable by others" in native.status()
+
+
 # ----------------------------------------------------------------------------
 # CUDA
 # ----------------------------------------------------------------------------
