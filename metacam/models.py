@@ -39,6 +39,7 @@ from torch import nn
 from metacam.device import resolve_device
 from metacam.errors import MetaCAMError
 from metacam.images import ImageLike, to_tensor
+from metacam.imports import import_object
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -513,7 +514,7 @@ def _torchvision_weights(name: str) -> Any:
 
 
 def _build_custom(spec: str, num_classes: int | None, seed: int) -> _Built:
-    factory = _import_factory(spec)
+    factory = import_object(spec, "model")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:
         with _seeded(seed):
@@ -527,44 +528,6 @@ def _build_custom(spec: str, num_classes: int | None, seed: int) -> _Built:
             f"model {spec}: the factory returned {type(net).__name__}, not a torch.nn.Module"
         )
     return _Built(net, None)
-
-
-def _import_factory(spec: str) -> Any:
-    module_name, _, attr = spec.rpartition(":")
-    if not module_name or not attr:
-        raise MetaCAMError(f"model {spec}: expected 'package.module:factory' or 'file.py:factory'")
-    try:
-        if module_name.endswith(".py"):
-            module = _import_file(Path(module_name))
-        else:
-            module = importlib.import_module(module_name)
-    except MetaCAMError:
-        raise
-    except Exception as error:
-        raise MetaCAMError(
-            f"model {spec}: cannot import {module_name} ({type(error).__name__}: "
-            f"{_one_line(error)}); is it installed or on PYTHONPATH?"
-        ) from error
-    target: Any = module
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise MetaCAMError(f"model {spec}: {module_name} has no attribute {attr!r}")
-    if not callable(target):
-        raise MetaCAMError(f"model {spec}: {attr} is not callable")
-    return target
-
-
-def _import_file(path: Path) -> Any:
-    if not path.is_file():
-        raise MetaCAMError(f"model file {path}: no such file")
-    module_name = f"metacam_user_model_{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise MetaCAMError(f"model file {path}: cannot import it as Python")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- common steps -------------------------------------------------------------

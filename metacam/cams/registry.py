@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from metacam import __version__
 from metacam.cams.capture import SharedPass
 from metacam.cams.postprocess import finish_layer_cam, normalise
 from metacam.errors import MetaCAMError
+from metacam.imports import import_object
 
 _ATTRIBUTE = "__metacam_member__"
 LAYER, INPUT = "layer", "input"  # the resolution of a member's raw map
@@ -180,6 +180,28 @@ def member(
     return mark
 
 
+def _wrap(
+    fn: Callable | None,
+    call: Callable[[Callable, MemberInput, dict], Any],
+    name: str | None,
+    label: str | None,
+    seeded: bool,
+    **declared: Any,
+) -> Any:
+    """Declare ``fn`` a member whose compute is ``call(fn, inp, extra)`` (``extra`` holds
+    ``seeds=`` for seeded members); the function itself is returned unchanged, marked."""
+
+    def mark(function: Callable) -> Callable:
+        def compute(inp: MemberInput) -> Any:
+            return call(function, inp, {"seeds": inp.seeds} if seeded else {})
+
+        entry = member(name, label=label or name or function.__name__, seeded=seeded, **declared)(compute)
+        setattr(function, _ATTRIBUTE, getattr(entry, _ATTRIBUTE))
+        return function
+
+    return mark(fn) if fn is not None else mark
+
+
 def layer_member(
     fn: Callable | None = None,
     *,
@@ -199,25 +221,12 @@ def layer_member(
     Usable bare (``@layer_member``) or with arguments.
     """
 
-    def mark(function: Callable) -> Callable:
-        def compute(inp: MemberInput) -> Any:
-            grads = inp.shared.gradients if needs_gradients else None
-            extra = {"seeds": inp.seeds} if seeded else {}
-            return function(inp.shared.activations, grads, **extra)
+    def call(function: Callable, inp: MemberInput, extra: dict) -> Any:
+        gradients = inp.shared.gradients if needs_gradients else None
+        return function(inp.shared.activations, gradients, **extra)
 
-        entry = member(
-            name,
-            label=label or name or function.__name__,
-            paper=paper,
-            resolution=LAYER,
-            needs_gradients=needs_gradients,
-            seeded=seeded,
-            control=control,
-        )(compute)
-        setattr(function, _ATTRIBUTE, getattr(entry, _ATTRIBUTE))
-        return function
-
-    return mark(fn) if fn is not None else mark
+    return _wrap(fn, call, name, label, seeded, paper=paper, resolution=LAYER,
+                 needs_gradients=needs_gradients, control=control)
 
 
 def model_member(
@@ -236,24 +245,11 @@ def model_member(
     Usable bare (``@model_member``) or with arguments.
     """
 
-    def mark(function: Callable) -> Callable:
-        def compute(inp: MemberInput) -> Any:
-            extra = {"seeds": inp.seeds} if seeded else {}
-            return function(inp.net, inp.x, inp.shared.targets, **extra)
+    def call(function: Callable, inp: MemberInput, extra: dict) -> Any:
+        return function(inp.net, inp.x, inp.shared.targets, **extra)
 
-        entry = member(
-            name,
-            label=label or name or function.__name__,
-            paper=paper,
-            resolution=INPUT,
-            own_passes=True,
-            seeded=seeded,
-            control=control,
-        )(compute)
-        setattr(function, _ATTRIBUTE, getattr(entry, _ATTRIBUTE))
-        return function
-
-    return mark(fn) if fn is not None else mark
+    return _wrap(fn, call, name, label, seeded, paper=paper, resolution=INPUT, own_passes=True,
+                 control=control)
 
 
 def is_plugin_name(name: str) -> bool:
@@ -299,52 +295,6 @@ def resolve_members(methods: Iterable[str] | None) -> list[Member]:
     return [resolve_member(n) for n in names]
 
 
-def import_object(spec: str, what: str) -> Any:
-    """The object named ``package.module:attr`` (or ``path/to/file.py:attr``).
-
-    ``what`` names the kind of thing in the one-line errors (``plug-in``, ``model``).
-    """
-    module_name, _, attr = spec.rpartition(":")
-    if not module_name or not attr:
-        raise MetaCAMError(f"{what} {spec}: expected 'package.module:name' or 'file.py:name'")
-    try:
-        if module_name.endswith(".py"):
-            module = _import_file(module_name, what)
-        else:
-            module = importlib.import_module(module_name)
-    except MetaCAMError:
-        raise
-    except Exception as error:
-        raise MetaCAMError(
-            f"{what} {spec}: cannot import {module_name} ({type(error).__name__}: "
-            f"{_one_line(error)}); is it installed or on PYTHONPATH?"
-        ) from error
-    target: Any = module
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise MetaCAMError(f"{what} {spec}: {module_name} has no attribute {attr!r}")
-    if not callable(target):
-        raise MetaCAMError(f"{what} {spec}: {attr} is not a function")
-    return target
-
-
-def _import_file(path_text: str, what: str) -> Any:
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(path_text)
-    if not path.is_file():
-        raise MetaCAMError(f"{what} file {path}: no such file")
-    module_name = f"metacam_user_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise MetaCAMError(f"{what} file {path}: cannot import it as Python")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _source_hash(function: Callable) -> str:
     """A plug-in's cache fingerprint: its source text, so editing it invalidates its maps."""
     try:
@@ -352,7 +302,3 @@ def _source_hash(function: Callable) -> str:
     except (OSError, TypeError):
         text = getattr(function, "__qualname__", repr(function))
     return "src-" + hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

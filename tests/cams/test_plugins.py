@@ -55,7 +55,7 @@ def test_a_seeded_plugin_gets_its_own_stream_per_image(tiny_resnet, resnet_input
     [
         ("tests.nowhere:thing", "plug-in tests.nowhere:thing: cannot import tests.nowhere"),
         ("tests.plugins:missing", "plug-in tests.plugins:missing: tests.plugins has no attribute 'missing'"),
-        ("tests.plugins:NOT_A_FUNCTION", "plug-in tests.plugins:NOT_A_FUNCTION: NOT_A_FUNCTION is not a function"),
+        ("tests.plugins:NOT_A_FUNCTION", "plug-in tests.plugins:NOT_A_FUNCTION: NOT_A_FUNCTION is not callable"),
         ("tests.plugins:undecorated", "plug-in tests.plugins:undecorated: undecorated is not marked with @metacam.layer_member or @metacam.model_member"),
         ("tests.plugins", "unknown CAM method 'tests.plugins'"),
         ("gradcamm", "unknown CAM method 'gradcamm'; did you mean: gradcam"),
