@@ -30,7 +30,7 @@ class SweepCallback(Callback):
         from metacam.status import study_status
 
         spec = job_spec(config)
-        status = study_status(spec.results_dir)
+        status = study_status(spec.results_dir, read=False)
         print(f"\nDataset: {spec.results_dir} ({status.files_done}/{status.files_expected} result files)")
         if not status.complete:
             print("Some units are missing; rerun the same command to fill them in "

@@ -35,7 +35,7 @@ def run(cfg: DictConfig) -> dict:
     report = run_job(spec)
     from metacam.status import study_status
 
-    status = study_status(spec.results_dir)
+    status = study_status(spec.results_dir, read=False)
     job = validate(spec)
     names = ", ".join(e.folder for e in experiments_of(job.groups, job.combo_id, spec.controls))
     elapsed = time.perf_counter() - _process_started

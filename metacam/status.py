@@ -112,8 +112,13 @@ def _failures(path: Path) -> list[str]:
     return [v if v is not None else "(null)" for v in values if v != OK]
 
 
-def study_status(results_dir: str | Path) -> StudyStatus:
-    """The progress of the study in ``results_dir``; MetaCAMError if it is not one."""
+def study_status(results_dir: str | Path, *, read: bool = True) -> StudyStatus:
+    """The progress of the study in ``results_dir``; MetaCAMError if it is not one.
+
+    read: open every result file (a torn file is missing; failure reasons are
+    collected). False only checks that the files exist — the cheap count a job's
+    progress line uses (renamed files are whole by construction).
+    """
     root = Path(results_dir)
     if not root.is_dir():
         raise MetaCAMError(f"{root}: no such folder; pass the results folder a sweep printed")
@@ -142,12 +147,12 @@ def study_status(results_dir: str | Path) -> StudyStatus:
             present = complete.setdefault(key, {}).setdefault(experiment, True)
             for unit in units:
                 path = base / experiment / unit
-                if not is_complete(path):
+                if not (is_complete(path) if read else path.exists()):
                     unit_done[unit] = present = False
                     continue
                 done += 1
                 times.append(path.stat().st_mtime)
-                reasons = _failures(path)
+                reasons = _failures(path) if read else []
                 if reasons:
                     unit_failed[unit] = True
                     failed.setdefault(key, set()).add(experiment)
