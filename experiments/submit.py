@@ -552,7 +552,7 @@ def _print_dataset(results: list[str]) -> None:
 def _study_line(results: list[str]) -> str:
     from metacam.status import study_status
 
-    statuses = [study_status(d) for d in results]
+    statuses = [study_status(d, read=False) for d in results]  # polled: count files, do not open them
     done = sum(s.files_done for s in statuses)
     expected = sum(s.files_expected for s in statuses)
     etas = [s.eta_text() for s in statuses if not s.complete]
