@@ -183,19 +183,3 @@ def __getattr__(name: str) -> object:
         return default_groups()
     raise AttributeError(f"module 'metacam.groups' has no attribute {name!r}")
 
-
-# --- transitional names (removed once the sweep and the analysis read a GroupSet) ---
-GROUP_KEYS: tuple[str, ...] = tuple(_default_mapping())
-
-
-def combo_flags(combo_id: int, keys: tuple[str, ...] = GROUP_KEYS) -> dict[str, bool]:
-    return {key: bool(combo_id >> i & 1) for i, key in enumerate(keys)}
-
-
-def combo_id_of(flags: dict[str, bool], keys: tuple[str, ...] = GROUP_KEYS) -> int:
-    return sum(1 << i for i, key in enumerate(keys) if flags.get(key, False))
-
-
-def combo_name(combo_id: int, keys: tuple[str, ...] = GROUP_KEYS) -> str:
-    on = [key for key, flag in combo_flags(combo_id, keys).items() if flag]
-    return "+".join(on) if on else "none"

@@ -107,13 +107,3 @@ def read_file_metadata(schema: pa.Schema) -> dict | None:
         return None
     return record if isinstance(record, dict) else None
 
-
-# --- transitional names (removed once the sweep and the analysis build the schema from groups) ---
-def _default_names() -> tuple[str, ...]:
-    from metacam.groups import GROUP_KEYS
-
-    return GROUP_KEYS
-
-
-GROUP_COLUMNS: tuple[str, ...] = flag_columns(_default_names())
-RESULTS_SCHEMA = results_schema(_default_names())
