@@ -46,9 +46,11 @@ class DeletionConfig:
     """Settings of :func:`deletion_insertion`; every default is written here once.
 
     steps: S, the number of equal steps from 0 to all pixels (curves have S + 1
-        points). 16 resolves the curve to 1/16 of the image, RISE used 224
-        one-row steps; the AUC changes little beyond ~16 while the cost grows
-        linearly (2 * (S - 1) forward images per map).
+        points; RISE used 224 one-row steps). The cost grows linearly (2 * (S - 1)
+        forward images per map), and in a sweep every chosen and plain map is scored,
+        so the default is 8 (12.5% of the pixels per step): on real Lite0 maps its AUCs
+        differ from 64 steps' by at most 0.026 (mean 0.008), Spearman ≥ 0.99
+        with them (16 steps: 0.015, 0.004; bench/deletion_steps.py, 26 maps x 4 photos).
     baseline: the value removed pixels take in the *normalised* input space
         (every channel). 0 is the normalisation's mean colour (mid grey for
         mean = std = 0.5), the usual uninformative fill, and what RISE's code does.
@@ -59,7 +61,7 @@ class DeletionConfig:
         ROAD), large on a GPU.
     """
 
-    steps: int = 16
+    steps: int = 8
     baseline: float = 0.0
     blur_kernel: int = 11
     blur_sigma: float = 5.0

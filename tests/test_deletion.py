@@ -393,7 +393,7 @@ def test_bad_config_is_one_line(options: dict, message: str) -> None:
 def test_config_defaults_are_written_once() -> None:
     config = DeletionConfig()
     assert (config.steps, config.baseline, config.blur_kernel, config.blur_sigma) == (
-        16,
+        8,
         0.0,
         11,
         5.0,

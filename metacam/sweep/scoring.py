@@ -247,8 +247,9 @@ class Rescored:
 
 
 def _rescore(ctx: JobContext, probe: Probe, results: dict[str, AdaptiveResult]) -> dict[str, Rescored]:
-    """One batched held-out ROAD call and one deletion/insertion call over every
-    experiment's chosen maps: (B, 2E, H, W), the k* map then the plain map of each."""
+    """Held-out ROAD and deletion/insertion AUC of every experiment's chosen maps, the k*
+    map then the plain map of each: (B, 2E, H, W), each distinct map of an image once
+    (k* = 100 makes both the same map; one-member combinations equal their single)."""
     job = ctx.job
     if not results:
         return {}
@@ -257,28 +258,27 @@ def _rescore(ctx: JobContext, probe: Probe, results: dict[str, AdaptiveResult]) 
         plain = result.candidates[:, result.at(PLAIN_K)] if PLAIN_K in result.ks else result.best_map
         chosen += [result.best_map, plain]
     stacked = torch.stack(chosen, dim=1)
-    nan = torch.full((probe.x.shape[0], stacked.shape[1]), float("nan"), device=probe.x.device)
-    heldout = road_many(probe, stacked, job.heldout, stats=ctx.timings.heldout) if job.heldout else None
-    started = time.perf_counter()
-    auc = deletion_insertion(probe.net, probe.x, stacked, probe.targets, config=job.spec.deletion,
-                             seeds=probe.seeds("deletion.permutation"), clean=probe.clean)
-    ctx.timings.deletion += time.perf_counter() - started
-    has_plain = PLAIN_K in job.ks
-    out = {}
-    for i, folder in enumerate(results):
-        columns = slice(2 * i, 2 * i + 2)
-
-        def pick(values: Tensor | None, columns: slice = columns) -> Tensor:
-            picked = (values if values is not None else nan)[:, columns].clone()
-            if not has_plain:
-                picked[:, 1] = float("nan")
-            return picked
-
-        out[folder] = Rescored(
-            pick(heldout.combined if heldout else None), pick(heldout.morf if heldout else None),
-            pick(heldout.lerf if heldout else None), pick(auc.deletion_auc), pick(auc.insertion_auc),
-        )
-    return out
+    scores = {name: torch.full(stacked.shape[:2], float("nan"), device=probe.x.device)
+              for name in ("combined", "morf", "lerf", "deletion", "insertion")}
+    for b in range(stacked.shape[0]):
+        distinct, inverse = torch.unique(stacked[b].flatten(1), dim=0, return_inverse=True)
+        maps = distinct.view(1, -1, *stacked.shape[-2:])
+        image = probe.subset([b])
+        if job.heldout is not None:
+            heldout = road_many(image, maps, job.heldout, stats=ctx.timings.heldout)
+            for name in ("combined", "morf", "lerf"):
+                scores[name][b] = getattr(heldout, name)[0, inverse]
+        started = time.perf_counter()
+        auc = deletion_insertion(image.net, image.x, maps, image.targets, config=job.spec.deletion,
+                                 seeds=image.seeds("deletion.permutation"), clean=image.clean)
+        ctx.timings.deletion += time.perf_counter() - started
+        scores["deletion"][b] = auc.deletion_auc[0, inverse]
+        scores["insertion"][b] = auc.insertion_auc[0, inverse]
+    if PLAIN_K not in job.ks:  # no plain map: only the k* rows are re-scored
+        for values in scores.values():
+            values[:, 1::2] = float("nan")
+    return {folder: Rescored(*(values[:, 2 * i : 2 * i + 2] for values in scores.values()))
+            for i, folder in enumerate(results)}
 
 
 def _value(values: Tensor, i: int, column: int) -> float | None:
