@@ -37,6 +37,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/members.py
 	$(BIN)/python bench/road.py
+	$(BIN)/python bench/impute.py
 	$(BIN)/python bench/sweep.py
 	$(BIN)/python bench/analysis.py
 
