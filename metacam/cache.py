@@ -11,6 +11,7 @@ missing: it is recomputed and overwritten.
 
 import hashlib
 import json
+import time
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -95,8 +96,10 @@ class MemberCache:
         )
         return None
 
-    def store(self, key: EntryKey, saliency: np.ndarray) -> None:
-        """Write one entry atomically; concurrent writers of the same key are harmless."""
+    def store(self, key: EntryKey, saliency: np.ndarray, *, stale_before: float | None = None) -> None:
+        """Write one entry atomically; concurrent writers of the same key are harmless.
+        stale_before: when its computation started; a killed writer's older temporary
+        files of the same entry are then removed."""
         if self.root is None:
             return
         write_atomically(
@@ -104,6 +107,7 @@ class MemberCache:
             lambda partial: np.savez(
                 partial, map=saliency.astype(np.float32), key=np.array(key.text())
             ),
+            stale_before=stale_before,
         )
 
     def get_or_compute(
@@ -138,6 +142,7 @@ class MemberCache:
         computed: dict[tuple[int, str], Tensor] = {}
         failures: dict[tuple[int, str], str] = {}
         for member_set, indices in by_set.items():
+            started = time.time()
             maps, failed = compute(indices, list(member_set))
             for j, b in enumerate(indices):
                 for name in member_set:
@@ -146,7 +151,7 @@ class MemberCache:
                         continue
                     computed[b, name] = maps[name][j]
                     key = next(k for k in keys[b] if k.member == name)
-                    self.store(key, maps[name][j].detach().cpu().numpy())
+                    self.store(key, maps[name][j].detach().cpu().numpy(), stale_before=started)
             self.misses += len(indices) * len(member_set)
         size = tuple(keys[0][0].input_size)
         out = {}

@@ -119,16 +119,8 @@ def write_unit(rows: list[dict], path: Path, schema: pa.Schema, *, stale_before:
     """Write one unit's rows as one Parquet file, atomically (temporary name, then rename).
 
     stale_before: a time.time() at which this unit's computation started; leftover
-    temporary files of the same unit older than that come from a killed writer and are
-    removed (a live writer's would be newer). Readers ignore them either way.
+    temporary files of the same unit older than that (a killed writer's) are removed.
     """
     table = pa.Table.from_pylist(rows, schema=schema)
-    write_atomically(path, lambda partial: pq.write_table(table, partial))
-    if stale_before is not None:
-        for leftover in path.parent.glob(f".{path.stem}.*.partial*"):
-            try:
-                if leftover.stat().st_mtime < stale_before:
-                    leftover.unlink()
-            except FileNotFoundError:
-                pass  # another job cleaned it first
+    write_atomically(path, lambda partial: pq.write_table(table, partial), stale_before=stale_before)
     return path

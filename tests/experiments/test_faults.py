@@ -171,6 +171,28 @@ def test_two_processes_computing_the_same_cache_entry(tmp_path):
     assert np.allclose(MemberCache(tmp_path).load(key), np.linspace(0, 1, 1024).reshape(32, 32))
 
 
+def test_a_killed_cache_writers_temporary_file_is_removed_when_the_entry_is_computed(tmp_path):
+    """SIGKILL while a member's cache entry is being written leaves a hidden temporary
+    file and no entry; the rerun computes the entry and removes the stale file, while a
+    temporary file newer than its computation (a live writer's) is left alone."""
+    cache = MemberCache(tmp_path)
+    key = EntryKey("m", "layer4", "img-0", 3, "gradcam", (8, 8))
+    path = cache.path(key)
+    path.parent.mkdir(parents=True)
+    stale = path.with_name(f".{path.stem}.999.deadbeef.partial.npz")
+    stale.write_bytes(b"half an entry")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    live = path.with_name(f".{path.stem}.998.cafef00d.partial.npz")
+
+    def compute(indices, members):
+        live.write_bytes(b"another process, writing now")
+        return {"gradcam": torch.linspace(0, 1, 64).reshape(1, 8, 8)}, {}
+
+    cache.get_or_compute([[key]], compute, torch.device("cpu"))
+    assert np.allclose(MemberCache(tmp_path).load(key), np.linspace(0, 1, 64).reshape(8, 8))
+    assert not stale.exists() and live.exists()
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "other_key", "out_of_range"])
 def test_corrupt_cache_entry_is_detected_and_recomputed(tmp_path, damage):
     cache = MemberCache(tmp_path)
