@@ -12,8 +12,14 @@ import sys
 from typing import NoReturn
 
 from metacam.analysis.errors import AnalysisError
-from metacam.analysis.metrics import METRICS
-from metacam.analysis.settings import DEFAULT_REPLICATES, DEFAULT_SEED
+from metacam.analysis.metrics import DEFAULT_METRIC
+from metacam.analysis.settings import (
+    DEFAULT_FOLD_SEED,
+    DEFAULT_FOLDS,
+    DEFAULT_REPLICATES,
+    DEFAULT_SEED,
+    LEAVE_ONE_OUT_BELOW,
+)
 
 PROG = "metacam analyze"
 
@@ -39,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--score", default="adaptive", metavar="adaptive|plain|k=K",
                         help="score per unit: the map at its adaptive k* (default), the plain map "
                              "(k = 100), or at a fixed k (in-sample ROAD only)")
-    parser.add_argument("--metric", default="combined", metavar="|".join(METRICS),
-                        help="ROAD combined (default), morf or lerf, or the second metric's deletion or "
-                             "insertion AUC; for morf and deletion lower is better")
+    parser.add_argument("--metric", default=DEFAULT_METRIC, metavar="NAME",
+                        help="any metric the dataset records: ROAD combined (default), morf or lerf, deletion or "
+                             "insertion AUC, sparseness, complexity, or a plug-in metric's column; its direction "
+                             "comes from the dataset")
     parser.add_argument("--in-sample", action="store_true",
                         help="compare on in-sample ROAD (the draw that chose k*: optimistic) instead of the "
                              "held-out re-scoring")
@@ -53,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"cluster-bootstrap replicates (default {DEFAULT_REPLICATES})")
     parser.add_argument("--bootstrap-seed", type=int, default=DEFAULT_SEED, metavar="SEED",
                         help=f"seed of the cluster bootstrap (default {DEFAULT_SEED})")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, metavar="K",
+                        help=f"folds of the cross-validation over images that chooses the best combination and "
+                             f"single CAM out of sample (default {DEFAULT_FOLDS}; leave-one-out below "
+                             f"{LEAVE_ONE_OUT_BELOW} images)")
+    parser.add_argument("--fold-seed", type=int, default=DEFAULT_FOLD_SEED, metavar="SEED",
+                        help=f"seed of the assignment of images to folds (default {DEFAULT_FOLD_SEED})")
     return parser
 
 
@@ -77,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = analyze(args.results_dir, args.out, score=args.score, metric=args.metric,
                          in_sample=args.in_sample, interactions=args.interactions, sweep_id=args.sweep_id,
-                         replicates=args.bootstrap, seed=args.bootstrap_seed)
+                         replicates=args.bootstrap, seed=args.bootstrap_seed, folds=args.folds,
+                         fold_seed=args.fold_seed)
     except AnalysisError as error:
         return _error(error)
     try:

@@ -93,14 +93,21 @@ def cre_per_unit(metacam: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     return table
 
 
+def contrast_weights(flags: np.ndarray) -> np.ndarray:
+    """``(E, G) -> (E, G)``: weights w with means @ w = β (1/n_on on, −1/n_off off; NaN columns where
+    a group is never on or never off)."""
+    on = flags.astype(np.float64)
+    n_on, n_off = on.sum(axis=0), (1 - on).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = on / n_on - (1 - on) / n_off
+    return np.where((n_on > 0) & (n_off > 0), weights, np.nan)
+
+
 def main_effect_contrasts(means: pd.Series, names: Sequence[str]) -> pd.Series:
     """β_g = mean of s_e with g on − mean with g off (NaN if g is never on or never off)."""
-    values = means.to_numpy(dtype=np.float64)
-    flags = flag_matrix(means.index, len(names)).astype(bool)
-    beta = []
-    for i in range(len(names)):
-        on, off = values[flags[:, i]], values[~flags[:, i]]
-        beta.append(on.mean() - off.mean() if len(on) and len(off) else np.nan)
+    weights = contrast_weights(flag_matrix(means.index, len(names)))
+    beta = np.nansum(means.to_numpy(dtype=np.float64)[:, None] * weights, axis=0)
+    beta = np.where(np.isnan(weights).all(axis=0), np.nan, beta)
     return pd.Series(beta, index=pd.Index(list(names), name="group"), name="beta")
 
 

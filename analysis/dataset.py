@@ -3,6 +3,9 @@
 The group definition (names, order, members, which are controls) is read from
 the files' metadata (``metacam.schema.read_file_metadata``); files without it
 fall back to their ``g_<group>`` columns in schema order, with no controls.
+The metrics (which score columns exist, their names and directions) come from
+the metadata's ``"metrics"`` list (CONTRACTS §1), or v0.2's five built-ins
+(:func:`metacam.analysis.metrics.fallback_metrics`); all files must agree.
 The ROAD tie rule comes from the optional ``road_ties`` column, else the older
 ``road_mode`` (default -> random, paper -> inclusive), else the metadata's
 provenance, else :data:`DEFAULT_TIES`; the report says which.
@@ -28,26 +31,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from metacam.analysis.design import FLAG_PREFIX, groups_from_columns
+from metacam.analysis.design import FLAG_PREFIX, METACAM, SINGLE, groups_from_columns
 from metacam.analysis.errors import AnalysisError
+from metacam.analysis.metrics import Metric, fallback_metrics, metrics_from_record, resolve
 from metacam.groups import GroupError, GroupSet
 from metacam.schema import KINDS, REQUIRED_COLUMNS, read_file_metadata, results_schema
 
 KEY_COLUMNS: tuple[str, ...] = ("sweep_id", "kind", "combo_id", "method")
 UNIT_COLUMNS: tuple[str, ...] = ("model", "image_id", "target_class")
 """A unit: one (model, image, target). Scores of one unit are paired across methods."""
-CLUSTER_COLUMNS: tuple[str, ...] = ("model", "image_id")
-"""A cluster: one image under one model (its targets are correlated units)."""
-SCORE_COLUMNS: tuple[str, ...] = (
-    "road_combined", "road_morf", "road_lerf",
-    "road_heldout_combined", "road_heldout_morf", "road_heldout_lerf",
-    "deletion_auc", "insertion_auc",
-)  # fmt: skip
-READ_COLUMNS: tuple[str, ...] = (
-    *KEY_COLUMNS, *UNIT_COLUMNS, "target_rank", "k", *SCORE_COLUMNS, "is_best_k", "status",
-)
-"""The DESIGN §3 columns the analysis reads (besides one g_<group> per group); a file
-lacking any of them is refused. Every other column is optional."""
+CLUSTER_COLUMNS: tuple[str, ...] = ("image_id",)
+"""A cluster: one image, identified by its content (``image_id`` = file name + a hash of its
+pixels, the same under every model: metacam/images.py). Images are the sampled units; the
+models and target ranks an image is scored under are fixed conditions within its cluster."""
+READ_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, *UNIT_COLUMNS, "target_rank", "k", "is_best_k", "status")
+"""The DESIGN §3 columns the analysis reads besides one g_<group> per group and each recorded
+metric's columns; a file lacking any of them is refused. Every other column is optional."""
 assert set(READ_COLUMNS) <= set(REQUIRED_COLUMNS)
 
 TIES_COLUMN = "road_ties"
@@ -71,7 +70,7 @@ class Dataset:
         rows: ok rows kept for scoring (adaptive choices and requested k):
             kind, combo_id, method, k, is_best_k, the score columns and ``unit``.
         units: index ``unit`` (int code); columns model, image_id, target_class,
-            target_rank (nullable), cluster (int code of model × image_id).
+            target_rank (nullable), cluster (int code of the image: image_id).
         failed: rows with ``status != "ok"`` (FAILED_COLUMNS).
         n_rows: rows of this sweep in the files (ok or not, all k).
         sweep_id: the sweep analysed.
@@ -81,6 +80,8 @@ class Dataset:
         ties_source: where ``ties`` came from (column, legacy column, metadata or default).
         provenance: the metadata's provenance record (empty without metadata).
         k_values: the k values present among its ok rows, sorted.
+        metrics: the recorded metrics (CONTRACTS §1), in the sweep's order.
+        metrics_source: ``metadata`` or ``v0.2 fallback``.
         other_kinds: row counts of ``kind`` values the analysis does not know (ignored).
     """
 
@@ -97,11 +98,18 @@ class Dataset:
     ties_source: str
     provenance: dict
     k_values: tuple[float, ...]
+    metrics: tuple[Metric, ...] = ()
+    metrics_source: str = "metadata"
     other_kinds: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_clusters(self) -> int:
+        """Images (the clusters of every inference)."""
         return int(self.units["cluster"].nunique())
+
+    def metric(self, key: str) -> Metric:
+        """The recorded metric ``key``; a one-line error listing the recorded ones otherwise."""
+        return resolve(self.metrics, key)
 
 
 @dataclass(frozen=True)
@@ -195,11 +203,41 @@ def _survey(path: Path, root: Path) -> _FileInfo:
     return _FileInfo(path, tuple(schema.names), read_file_metadata(schema), sweep_ids)
 
 
-def _check_columns(infos: Sequence[_FileInfo], root: Path, flags: Sequence[str]) -> None:
-    """Every file must hold READ_COLUMNS and the sweep's flag columns; one error naming what is missing where."""
+def _read_metrics(infos: Sequence[_FileInfo], root: Path) -> tuple[tuple[Metric, ...], str]:
+    """The sweep's metrics: each file's ``"metrics"`` record (or v0.2's list); all files must agree."""
+    found: dict[tuple[Metric, ...], _FileInfo] = {}
+    sources = set()
+    for info in infos:
+        record = (info.metadata or {}).get("metrics")
+        if record is None:
+            metrics, source = fallback_metrics(info.columns), "v0.2 fallback"
+        else:
+            try:
+                metrics, source = metrics_from_record(record), "metadata"
+            except (ValueError, TypeError) as error:
+                raise AnalysisError(f"'{info.path.relative_to(root)}' records an unusable metrics list "
+                                    f"({_first_line(error)}); rewrite it with metacam/schema.py") from None
+        found.setdefault(metrics, info)
+        sources.add(source)
+    if len(found) > 1:
+        first, second = list(found.items())[:2]
+        raise AnalysisError(
+            f"'{first[1].path.relative_to(root)}' and '{second[1].path.relative_to(root)}' record different metrics "
+            f"({', '.join(m.key for m in first[0])} vs {', '.join(m.key for m in second[0])}); the files of one "
+            "dataset must record the same metrics — write each list under its own sweep_id")
+    return next(iter(found)), "; ".join(sorted(sources))
+
+
+def _metric_columns(metrics: Sequence[Metric]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(c for m in metrics for c in m.columns))
+
+
+def _check_columns(infos: Sequence[_FileInfo], root: Path, flags: Sequence[str], scores: Sequence[str]) -> None:
+    """Every file must hold READ_COLUMNS, the sweep's flag columns and its metrics' columns; one error
+    naming what is missing where."""
     lacking: dict[tuple[str, ...], list[Path]] = {}
     for info in infos:
-        missing = tuple(c for c in (*READ_COLUMNS, *flags) if c not in info.columns)
+        missing = tuple(c for c in (*READ_COLUMNS, *flags, *scores) if c not in info.columns)
         if missing:
             lacking.setdefault(missing, []).append(info.path)
     if lacking:
@@ -266,13 +304,15 @@ def _ties_column(table: pa.Table, info: _FileInfo) -> tuple[pa.ChunkedArray, str
     return pa.chunked_array([pa.nulls(n, pa.string())]), f"not recorded: assumed '{DEFAULT_TIES}'"
 
 
-def _read_file(info: _FileInfo, root: Path, flags: Sequence[str]) -> pa.Table:
-    """One file's analysis columns, cast to the schema's types (strings as dictionaries)."""
-    columns = [*READ_COLUMNS, *flags]
+def _read_file(info: _FileInfo, root: Path, flags: Sequence[str], scores: Sequence[str]) -> pa.Table:
+    """One file's analysis columns, cast to the schema's types (strings as dictionaries; a plug-in
+    metric's column, which the base schema does not know, as float32 like the built-in scores)."""
+    columns = [*READ_COLUMNS, *flags, *scores]
     optional = [c for c in (TIES_COLUMN, LEGACY_MODE_COLUMN) if c in info.columns]
     target = pa.schema(
         [(_FIELDS[c].name, _DICT if _FIELDS[c].type == pa.string() else _FIELDS[c].type) for c in READ_COLUMNS]
         + [(c, pa.bool_()) for c in flags]
+        + [(c, _FIELDS[c].type if c in _FIELDS else pa.float32()) for c in scores]
         + [(c, pa.string()) for c in optional]
     )
     try:
@@ -292,7 +332,7 @@ def _flag_mismatches(table: pa.Table, groups: GroupSet) -> tuple[int, list, int,
 
     Returns (n out of range, examples, n mismatched, examples).
     """
-    metacam = table.filter(pc.fill_null(pc.equal(table["kind"], "metacam"), False))
+    metacam = table.filter(pc.fill_null(pc.equal(table["kind"], METACAM), False))
     if not len(metacam):
         return 0, [], 0, []
     combo = pc.fill_null(pc.cast(metacam["combo_id"], pa.int64()), -1).to_numpy()
@@ -331,7 +371,9 @@ def load_dataset(
     chosen = _choose_sweep(infos, sweep_id)
     infos = [info for info in infos if chosen in info.sweep_ids]
     groups, groups_source = _read_groups(infos, root, chosen)
-    _check_columns(infos, root, groups.columns)
+    metrics, metrics_source = _read_metrics(infos, root)
+    scores = _metric_columns(metrics)
+    _check_columns(infos, root, groups.columns, scores)
 
     kept, failed = [], []
     n_ok = 0
@@ -342,7 +384,7 @@ def load_dataset(
     outside_examples: list[int] = []
     mismatch_examples: list[int] = []
     for info in infos:
-        table = _read_file(info, root, groups.columns)
+        table = _read_file(info, root, groups.columns, scores)
         ties, source = _ties_column(table, info)
         table = table.drop_columns([c for c in (TIES_COLUMN, LEGACY_MODE_COLUMN) if c in table.column_names])
         table = table.append_column("ties", ties)
@@ -404,6 +446,8 @@ def load_dataset(
         ties_source="; ".join(sorted(ties_sources)),
         provenance=provenance,
         k_values=tuple(sorted(float(k) for k in k_seen)),
+        metrics=metrics,
+        metrics_source=metrics_source,
         other_kinds=other_kinds,
     )
 
@@ -437,7 +481,7 @@ def _keep_known_kinds(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]
 
 def _members_from_singles(rows: pd.DataFrame, groups: GroupSet) -> dict[str, list[str]]:
     """Without metadata: each group's members as far as single-method rows show them."""
-    singles = rows[rows["kind"] == "single"]
+    singles = rows[rows["kind"] == SINGLE]
     return {name: sorted(str(m) for m in singles.loc[singles[column].fillna(False).astype(bool), "method"].unique())
             for name, column in zip(groups.names, groups.columns, strict=True)}
 

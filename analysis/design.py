@@ -13,8 +13,11 @@ import numpy as np
 import pandas as pd
 
 from metacam.groups import GroupSet
+from metacam.schema import KINDS
 
 FLAG_PREFIX = "g_"
+METACAM, SINGLE, CONTROL = KINDS
+"""The experiment kinds (``kind`` column): a combination of groups, one CAM method, a null control."""
 
 
 def flag_matrix(combo_ids: np.ndarray | pd.Index | pd.Series | Sequence[int], n_groups: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The MetaCAM experiments (group combinations): mean scores with cluster-bootstrap
-CIs, the ranking with rank intervals, and CRE_g with its CI — all from one set
-of bootstrap replicates of the experiment means.
+CIs, the ranking with rank intervals, CRE_g and the main-effect contrasts β_g with
+their CIs — all from one set of bootstrap replicates (over images) of the experiment means.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from metacam.analysis.bootstrap import ClusterBootstrap, Estimate
-from metacam.analysis.cre import cre_matrix
+from metacam.analysis.cre import contrast_weights, cre_matrix
 from metacam.analysis.design import flag_matrix
 from metacam.analysis.scores import wide
 from metacam.groups import GroupSet
@@ -24,12 +24,15 @@ class ExperimentEstimates:
     combos: the combo_ids present, sorted (the columns of ``means``).
     means: the experiment means s_e, ``(E,)``, with replicates ``(B, E)``.
     cre: CRE_g, ``(G,)`` with replicates ``(B, G)`` (NaN when fewer than two experiments).
+    beta: β_g = mean of s_e with g on − mean with g off, ``(G,)`` with replicates ``(B, G)``
+        (NaN for a group never on or never off).
     ranks: rank of each experiment (1 = best), ``(E,)`` with replicates ``(B, E)``.
     """
 
     combos: list[int]
     means: Estimate
     cre: Estimate
+    beta: Estimate
     ranks: Estimate
 
 
@@ -56,10 +59,13 @@ def estimate_experiments(metacam: pd.DataFrame, clusters: np.ndarray, groups: Gr
     flags = flag_matrix(combos, groups.size)
     if len(combos) >= 2:
         cre = means.derive(cre_matrix(means.point, flags), cre_matrix(means.replicates, flags))
+        weights = contrast_weights(flags)
+        beta = means.derive(means.point @ weights, means.replicates @ weights)
     else:
         cre = means.derive(np.full(groups.size, np.nan), np.full((boot.replicates, groups.size), np.nan))
+        beta = cre
     ranks = Estimate(_ranks(means.point[None, :], sign)[0], _ranks(means.replicates, sign), means.n_clusters)
-    return ExperimentEstimates([int(c) for c in combos], means, cre, ranks)
+    return ExperimentEstimates([int(c) for c in combos], means, cre, beta, ranks)
 
 
 def experiment_table(estimates: ExperimentEstimates, metacam: pd.DataFrame, groups: GroupSet,

@@ -1,42 +1,122 @@
-"""Paired comparisons of one method against several, over units.
+"""Paired comparisons over images: every verdict of the analysis is made here.
 
-For each opponent, over the units where both have a score (d_u = mine − theirs):
+Images are the sampled units (a cluster = one image, under every model and target it
+is scored with). A comparison of ``mine`` with ``theirs`` first averages each image's
+differences over its units (models × targets) where both have a score,
 
-* mean difference with a cluster-bootstrap 95% CI (:mod:`metacam.analysis.bootstrap`);
-* wins / ties / losses and the win rate (a win is a strictly better score in
-  the metric's direction);
-* Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, two-sided) and the
-  matched-pairs rank-biserial correlation r = (R+ − R−) / (R+ + R−), signed
-  so that r > 0 favours ``mine``. Both are computed on the *cluster means* of
-  d (one value per image × model): the signed-rank test assumes independent
-  pairs, which the targets of one image are not; with one target per image the
-  cluster means are the units themselves;
-* Holm's correction (statsmodels ``multipletests``) across the opponents of one
-  family (one metric).
+    d_i = mean over the units u of image i of (mine_u − theirs_u),
 
-A verdict says ``better`` when the CI excludes 0 on the favourable side and
-the Holm p < 0.05, ``worse`` for the mirror case, otherwise ``no clear difference``.
+and then treats the d_i as the n independent observations, one weight per image,
+for the estimate, the interval, the test and the power alike (one weighting):
+
+* estimate: the mean of d_i (= mean over images of mine − mean of theirs);
+* 95% interval: Student's t on the d_i (``scipy.stats.ttest_1samp(...).confidence_interval``),
+  two-sided; the cluster bootstrap's corrected interval converges to it;
+* test: Wilcoxon signed-rank on the d_i (``scipy.stats.wilcoxon``, two-sided,
+  ``zero_method="wilcox"``) with its method named per comparison: ``exact`` (n ≤ 50
+  non-zero, untied d_i), ``permutation`` (n ≤ 13 with ties or zeros: every sign
+  flip, ``scipy.stats.PermutationMethod(n_resamples=inf)``), else ``asymptotic``.
+  The exact test's smallest two-sided p is 2/2^n (``p_floor``): below 6 images it
+  cannot reach p < 0.05, whatever the data;
+* power: ``mde`` and ``n_needed`` (:mod:`metacam.analysis.power`);
+* wins / ties / losses and the matched-pairs rank-biserial r = (R+ − R−)/(R+ + R−)
+  over images, signed so that r > 0 and a win favour ``mine``.
+
+Two-sided throughout: a comparison is ``better`` when the interval lies on the
+favourable side of 0 *and* p < α (``worse`` for the mirror case), so the chance of
+calling it better when it is not is at most α/2 per comparison.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from metacam.analysis.bootstrap import ClusterBootstrap, cluster_sums
-from metacam.analysis.multiple import holm
-from metacam.analysis.settings import ALPHA
+from metacam.analysis.bootstrap import cluster_sums
+from metacam.analysis.power import detectable_difference, images_needed
+from metacam.analysis.settings import ALPHA, LEVEL, POWER
 
 VERDICTS = ("better", "worse", "no clear difference")
+EXACT_MAX = 50
+"""Largest n for the exact null distribution of the signed-rank statistic (SciPy's own limit)."""
+PERMUTATION_MAX = 13
+"""Largest n with ties or zeros for which every sign flip is enumerated (2^13 = 8,192)."""
+COLUMNS = ("n_clusters", "mean_difference", "ci_low", "ci_high", "sd", "wins", "ties", "losses", "win_rate",
+           "p", "test", "p_floor", "rank_biserial", "mde", "n_needed")
+
+
+def image_means(values: np.ndarray, clusters: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Mean of each image's units per column, NaN where an image has none: ``(n_units, K) -> (C, K)``
+    (or ``(n_units,) -> (C,)``)."""
+    values = np.asarray(values, dtype=np.float64)
+    sums, counts = cluster_sums(values, clusters, n_clusters)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts > 0, sums / np.where(counts > 0, counts, 1.0), np.nan)
+    return means[:, 0] if values.ndim == 1 else means
+
+
+def paired_image_means(mine: np.ndarray, theirs: np.ndarray, clusters: np.ndarray, n_clusters: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image, over the units where both have a score: mean of mine, of theirs and of the
+    difference, each ``(C, K)`` for ``mine (n_units,)`` or ``(n_units, K)`` and ``theirs (n_units, K)``."""
+    theirs = np.asarray(theirs, dtype=np.float64)
+    theirs = theirs.reshape(len(theirs), -1)
+    mine = np.asarray(mine, dtype=np.float64)
+    mine = np.broadcast_to(mine[:, None] if mine.ndim == 1 else mine, theirs.shape)
+    paired = ~np.isnan(mine) & ~np.isnan(theirs)
+    both = np.concatenate([np.where(paired, mine, np.nan), np.where(paired, theirs, np.nan)], axis=1)
+    means = image_means(both, clusters, n_clusters)
+    k = theirs.shape[1]
+    return means[:, :k], means[:, k:], means[:, :k] - means[:, k:]
+
+
+def _tied(values: np.ndarray) -> np.ndarray:
+    """Per column: do two non-NaN entries share a value? ``(C, K) -> (K,)``."""
+    ordered = np.sort(values, axis=0)  # NaN sort last
+    return np.any(np.diff(ordered, axis=0) == 0, axis=0)
+
+
+def signed_rank(differences: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-sided Wilcoxon signed-rank test of each column of ``differences (C, K)`` (NaN = absent).
+
+    Returns ``(p, method, floor)``, each ``(K,)``: the p-value (NaN when every difference is 0 or
+    absent), the method used (``exact``, ``permutation``, ``asymptotic`` or ``none``) and the
+    smallest p that method can give with this many non-zero differences.
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    d = d.reshape(len(d), -1)
+    finite = ~np.isnan(d)
+    nonzero = finite & (d != 0)
+    n = nonzero.sum(axis=0)
+    zeros = (finite & (d == 0)).any(axis=0)
+    tied = _tied(np.where(nonzero, np.abs(d), np.nan))
+    method = np.where(n == 0, "none", np.where(
+        (n <= EXACT_MAX) & ~zeros & ~tied, "exact", np.where(n <= PERMUTATION_MAX, "permutation", "asymptotic")))
+    p = np.full(d.shape[1], np.nan)
+    choices: dict[str, object] = {"exact": "exact", "asymptotic": "asymptotic",
+                                  "permutation": stats.PermutationMethod(n_resamples=np.inf)}
+    for name, choice in choices.items():
+        columns = np.flatnonzero(method == name)
+        if not len(columns):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # small-sample notes; the p-value is the one reported
+            p[columns] = stats.wilcoxon(d[:, columns], zero_method="wilcox", alternative="two-sided",
+                                        method=choice, axis=0, nan_policy="omit").pvalue  # type: ignore[arg-type]
+    # Smallest p: every difference on one side. Exact and permutation: 2/2^n; asymptotic: the normal tail.
+    with np.errstate(all="ignore"):
+        z = (n * (n + 1) / 4) / np.sqrt(n * (n + 1) * (2 * n + 1) / 24)
+        floor = np.where(method == "asymptotic", 2 * stats.norm.sf(z), np.minimum(1.0, 2.0 * 0.5**n))
+    return p, method, np.where(n == 0, np.nan, floor)
 
 
 def rank_biserial(differences: np.ndarray) -> float:
     """Matched-pairs rank-biserial correlation of the non-zero differences (NaN if none)."""
-    nonzero = differences[differences != 0]
+    d = np.asarray(differences, dtype=np.float64)
+    nonzero = d[~np.isnan(d) & (d != 0)]
     if not len(nonzero):
         return float("nan")
     ranks = stats.rankdata(np.abs(nonzero))
@@ -44,18 +124,10 @@ def rank_biserial(differences: np.ndarray) -> float:
     return float((plus - minus) / (plus + minus))
 
 
-def signed_rank_p(differences: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p (zeros dropped); NaN when every difference is 0."""
-    if not np.any(differences != 0):
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # small-sample and tie warnings: the p-value is still the one reported
-        return float(stats.wilcoxon(differences, zero_method="wilcox", alternative="two-sided").pvalue)
-
-
-def verdict(sign: int, ci_low: float, ci_high: float, p_holm: float) -> str:
-    """``better`` / ``worse`` / ``no clear difference`` for a difference mine − theirs."""
-    if not (np.isfinite(ci_low) and np.isfinite(ci_high) and np.isfinite(p_holm)) or p_holm >= ALPHA:
+def verdict(sign: int, ci_low: float, ci_high: float, p: float, alpha: float = ALPHA) -> str:
+    """``better`` / ``worse`` / ``no clear difference`` for a difference mine − theirs: the interval
+    on one side of 0 and ``p`` (raw or adjusted, as the family requires) below ``alpha``."""
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high) and np.isfinite(p)) or p >= alpha:
         return VERDICTS[2]
     favourable_low, favourable_high = sorted((sign * ci_low, sign * ci_high))
     if favourable_low > 0:
@@ -65,58 +137,58 @@ def verdict(sign: int, ci_low: float, ci_high: float, p_holm: float) -> str:
     return VERDICTS[2]
 
 
-def compare(mine: np.ndarray, theirs: np.ndarray, names: Sequence[str], clusters: np.ndarray,
-            boot: ClusterBootstrap, sign: int = 1) -> pd.DataFrame:
-    """Compare ``mine`` with each column of ``theirs``, paired over units.
+def summarise(differences: np.ndarray, sign: int = 1, *, level: float = LEVEL, alpha: float = ALPHA,
+              power: float | None = POWER) -> pd.DataFrame:
+    """The paired comparison of each column of per-image differences ``(C, K)`` (NaN = image absent).
 
-    Args:
-        mine: ``(n_units,)`` scores, NaN where absent.
-        theirs: ``(n_units, K)`` opponents' scores, NaN where absent.
-        names: the K opponents.
-        clusters: ``(n_units,)`` cluster code of each unit (0..C-1, C = boot.n_clusters).
-        boot: the resampling plan.
-        sign: +1 if higher scores are better.
-
-    Returns:
-        One row per opponent: opponent, n_units, n_clusters, mine_mean,
-        theirs_mean, mean_difference (mine − theirs), ci_low, ci_high, wins,
-        ties, losses, win_rate, wilcoxon_p, p_holm, rank_biserial, verdict.
+    Returns one row per column: n_clusters, mean_difference, ci_low, ci_high (t interval), sd,
+    wins, ties, losses, win_rate (over images, in the metric's direction), p (Wilcoxon), test (its
+    method), p_floor, rank_biserial (> 0 favours mine), mde and n_needed (NaN when ``power`` is None).
     """
-    theirs = np.asarray(theirs, dtype=np.float64).reshape(len(mine), -1)
-    paired = ~np.isnan(theirs) & ~np.isnan(mine)[:, None]
-    difference = np.where(paired, mine[:, None] - theirs, np.nan)
-    estimate = boot.means(difference, clusters)
-    low, high = estimate.interval()
-    sums, counts = cluster_sums(difference, clusters, boot.n_clusters)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cluster_means = sums / counts
-    better = sign * difference
-    rows = []
-    for k, name in enumerate(names):
-        kept = paired[:, k]
-        by_cluster = cluster_means[:, k][counts[:, k] > 0]
-        n = int(kept.sum())
-        rows.append({
-            "opponent": name,
-            "n_units": n,
-            "n_clusters": len(by_cluster),
-            "mine_mean": float(mine[kept].mean()) if n else np.nan,
-            "theirs_mean": float(theirs[kept, k].mean()) if n else np.nan,
-            "mean_difference": estimate.point[k],
-            "ci_low": low[k],
-            "ci_high": high[k],
-            "wins": int((better[kept, k] > 0).sum()),
-            "ties": int((better[kept, k] == 0).sum()),
-            "losses": int((better[kept, k] < 0).sum()),
-            "win_rate": float((better[kept, k] > 0).mean()) if n else np.nan,
-            "wilcoxon_p": signed_rank_p(by_cluster) if len(by_cluster) else np.nan,
-            "rank_biserial": sign * rank_biserial(by_cluster) if len(by_cluster) else np.nan,
-        })
-    table = pd.DataFrame(rows, columns=["opponent", "n_units", "n_clusters", "mine_mean", "theirs_mean",
-                                        "mean_difference", "ci_low", "ci_high", "wins", "ties", "losses",
-                                        "win_rate", "wilcoxon_p", "rank_biserial"])
-    table["p_holm"] = holm(table["wilcoxon_p"].to_numpy(dtype=np.float64))
-    table["verdict"] = [verdict(sign, a, b, p) for a, b, p in
-                        zip(table["ci_low"], table["ci_high"], table["p_holm"], strict=True)]
+    d = np.asarray(differences, dtype=np.float64)
+    d = d.reshape(len(d), -1)
+    n = (~np.isnan(d)).sum(axis=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # columns with fewer than two images give NaN, as intended
+        mean = np.nanmean(d, axis=0)
+        sd = np.nanstd(d, axis=0, ddof=1)
+        interval = stats.ttest_1samp(d, 0.0, axis=0, nan_policy="omit").confidence_interval(level)
+    low = np.where(n >= 2, interval.low, np.nan)
+    high = np.where(n >= 2, interval.high, np.nan)
+    p, method, floor = signed_rank(d)
+    better = sign * d
+    wins, ties, losses = ((better > 0).sum(axis=0), (better == 0).sum(axis=0), (better < 0).sum(axis=0))
+    table = pd.DataFrame({
+        "n_clusters": n, "mean_difference": np.where(n > 0, mean, np.nan), "ci_low": low, "ci_high": high,
+        "sd": np.where(n >= 2, sd, np.nan), "wins": wins, "ties": ties, "losses": losses,
+        "win_rate": np.where(n > 0, wins / np.maximum(n, 1), np.nan), "p": p, "test": method, "p_floor": floor,
+        "rank_biserial": [sign * rank_biserial(d[:, k]) for k in range(d.shape[1])],
+    })
+    if power is None:
+        table["mde"] = table["n_needed"] = np.nan
+    else:
+        table["mde"] = [detectable_difference(s, int(c), alpha, power) for s, c in zip(sd, n, strict=True)]
+        table["n_needed"] = [images_needed(sign * m, s, alpha, power) for m, s in zip(mean, sd, strict=True)]
     return table
 
+
+def compare(mine: np.ndarray, theirs: np.ndarray, names: list[str], clusters: np.ndarray, n_clusters: int,
+            sign: int = 1) -> pd.DataFrame:
+    """Compare ``mine (n_units,)`` with each column of ``theirs (n_units, K)``, paired by image.
+
+    Returns one row per opponent: opponent, n_units (paired units), mine_mean, theirs_mean (means
+    over images of each image's mean), then :func:`summarise`'s columns (raw p; the caller adds the
+    family's adjustment and the verdict).
+    """
+    theirs = np.asarray(theirs, dtype=np.float64).reshape(len(mine), -1)
+    mine_by_image, theirs_by_image, difference = paired_image_means(mine, theirs, clusters, n_clusters)
+    paired = ~np.isnan(theirs) & ~np.isnan(np.asarray(mine, dtype=np.float64))[:, None]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mine_mean, theirs_mean = np.nanmean(mine_by_image, axis=0), np.nanmean(theirs_by_image, axis=0)
+    table = summarise(difference, sign)
+    table.insert(0, "theirs_mean", theirs_mean)
+    table.insert(0, "mine_mean", mine_mean)
+    table.insert(0, "n_units", paired.sum(axis=0))
+    table.insert(0, "opponent", list(names))
+    return table

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from metacam.analysis.bootstrap import ClusterBootstrap
@@ -20,21 +19,30 @@ from metacam.analysis.dataset import DEFAULT_TIES, Dataset, load_dataset
 from metacam.analysis.errors import AnalysisError
 from metacam.analysis.evidence import (
     best_combo,
-    best_single,
     comparator_comparisons,
     entries,
     gain_split,
     headline,
     metacam_vs_single,
     optimism_table,
+    real_singles,
 )
 from metacam.analysis.experiments import ExperimentEstimates, estimate_experiments, experiment_table
 from metacam.analysis.factorial import FactorialFit, fit_factorial
-from metacam.analysis.metrics import HEADLINE_METRICS, METRICS
+from metacam.analysis.metrics import DEFAULT_METRIC, Metric, headline_metrics
 from metacam.analysis.outputs import OUTPUT_NAMES
+from metacam.analysis.paired import verdict
+from metacam.analysis.paper import paper_comparison
 from metacam.analysis.report import write_outputs
 from metacam.analysis.scores import Scores, ScoreSpec, parse_score, select_scores
-from metacam.analysis.settings import DEFAULT_REPLICATES, DEFAULT_SEED, MIN_CLUSTERS
+from metacam.analysis.selection import cross_validated
+from metacam.analysis.settings import (
+    DEFAULT_FOLD_SEED,
+    DEFAULT_FOLDS,
+    DEFAULT_REPLICATES,
+    DEFAULT_SEED,
+    MIN_CLUSTERS,
+)
 from metacam.analysis.study import (
     Subset,
     cre_by,
@@ -53,7 +61,13 @@ class ScoreBank:
         self.dataset = dataset
         self._cache: dict[ScoreSpec, tuple[Scores | None, str]] = {}
 
+    @staticmethod
+    def _key(spec: ScoreSpec) -> ScoreSpec:
+        # A one-draw metric reads the same column in-sample and held-out: select it once.
+        return spec if spec.definition.two_draws else spec.held_out()
+
     def get(self, spec: ScoreSpec) -> Scores | None:
+        spec = self._key(spec)
         if spec not in self._cache:
             try:
                 scores: Scores | None = select_scores(self.dataset, spec)
@@ -67,7 +81,7 @@ class ScoreBank:
 
     def why(self, spec: ScoreSpec) -> str:
         self.get(spec)
-        return self._cache[spec][1]
+        return self._cache[self._key(spec)][1]
 
 
 @dataclass
@@ -86,6 +100,8 @@ class AnalysisResult:
     scores: Scores
     replicates: int
     seed: int
+    folds: int
+    fold_seed: int
     present: list[int]
     missing: list[int]
     estimates: ExperimentEstimates | None = None
@@ -104,6 +120,9 @@ class AnalysisResult:
     comparisons: pd.DataFrame | None = None
     headline: pd.DataFrame | None = None
     gains: pd.DataFrame | None = None
+    selection: pd.DataFrame | None = None
+    selection_folds: pd.DataFrame | None = None
+    paper_comparison: pd.DataFrame | None = None
     optimism: pd.DataFrame | None = None
     optimism_spec: ScoreSpec | None = None
     units_by_model: pd.DataFrame | None = None
@@ -145,7 +164,8 @@ def _dataset_notes(result: AnalysisResult) -> None:
 
 
 def _units_by_model(dataset: Dataset) -> pd.DataFrame:
-    """model, n_units, n_images (clusters), n_targets (distinct target ranks), share of all units."""
+    """model, n_units, n_images (the same photos under other models are the same clusters),
+    target_ranks (distinct), share of all units."""
     units = dataset.units
     table = units.groupby("model", sort=True).agg(
         n_units=("cluster", "size"), n_images=("cluster", "nunique"),
@@ -158,15 +178,15 @@ def _cluster_warnings(result: AnalysisResult, parts: list[Subset]) -> None:
     n = result.dataset.n_clusters
     if n < 2:
         result.warnings.append(
-            "Only one cluster (one image under one model) carries the data: no confidence interval or test can "
-            "account for the correlation of its rows. CIs are not available and OLS standard errors assume "
-            "independent rows; add images.")
+            "Only one image carries the data: no confidence interval or test can account for the correlation "
+            "of its rows. CIs are not available and OLS standard errors assume independent rows; add images.")
     elif n < MIN_CLUSTERS:
         result.warnings.append(
-            f"Only {n} clusters (model × image) carry the data: with fewer than {MIN_CLUSTERS} clusters, "
-            "cluster-robust inference is fragile. CIs use the cluster bootstrap's standard error with the "
-            "small-sample t(C−1) correction; factorial effects use CR2 standard errors with t(C−1). Treat "
-            "p-values near 0.05 as inconclusive, and add images.")
+            f"Only {n} images (clusters) carry the data: with fewer than {MIN_CLUSTERS} clusters, "
+            "cluster-robust inference is fragile. Paired comparisons use the t interval and the exact "
+            "signed-rank test over images; CIs of means use the cluster bootstrap's standard error with the "
+            "small-sample t(C−1) correction; factorial effects use CR2 standard errors with Bell–McCaffrey "
+            "degrees of freedom. Treat p-values near 0.05 as inconclusive, and add images.")
     small = few_cluster_subsets(parts)
     if small:
         listed = ", ".join(f"{p.label} ({p.n_clusters})" for p in small[:6]) + (" ..." if len(small) > 6 else "")
@@ -200,25 +220,36 @@ def _experiment_parts(result: AnalysisResult, boot: ClusterBootstrap, interactio
 
 
 def _cre_table(result: AnalysisResult) -> pd.DataFrame:
-    """CRE per group with its CI, the main-effect contrast and the spread of per-unit CRE."""
+    """CRE per group with its CI; whether the group helps, from β_g and the OLS main effect; the
+    spread of per-unit CRE."""
     per_unit, identity, estimates = result.per_unit, result.identity, result.estimates
     assert per_unit is not None and identity is not None and estimates is not None
     assert result.fit_main is not None and result.cre is not None
     groups, sign = result.dataset.groups, result.spec.sign
     names = list(groups.names)
     low, high = estimates.cre.interval()
-    ols = result.fit_main.effects.set_index("term")["estimate"]
+    beta_low, beta_high = estimates.beta.interval()
+    ols = result.fit_main.effects.set_index("term").reindex(list(groups.columns))
+    effect = {"better": "helps", "worse": "hurts"}
     return pd.DataFrame({
         "group": names,
         "members": [", ".join(m) if m else "(unknown)" for m in groups.members],
         "control": list(groups.controls),
+        "n_clusters": result.dataset.n_clusters,
         "cre": result.cre.to_numpy(),
         "ci_low": low,
         "ci_high": high,
         "rank": (-sign * result.cre).rank(method="min").astype(int).to_numpy(),
         "n_on": identity["n_on"].to_numpy(),
-        "beta": identity["beta"].to_numpy(),
-        "ols_main_effect": [ols.get(c, np.nan) for c in groups.columns],
+        "beta": estimates.beta.point,
+        "beta_ci_low": beta_low,
+        "beta_ci_high": beta_high,
+        "ols_main_effect": ols["estimate"].to_numpy(),
+        "ols_ci_low": ols["ci_low"].to_numpy(),
+        "ols_ci_high": ols["ci_high"].to_numpy(),
+        "ols_p_holm": ols["p_holm"].to_numpy(),
+        "effect": [effect.get(verdict(sign, a, b, p), "no evidence") for a, b, p in
+                   zip(ols["ci_low"], ols["ci_high"], ols["p_holm"], strict=True)],
         "unit_cre_median": per_unit[names].median().to_numpy(),
         "unit_cre_q25": per_unit[names].quantile(0.25).to_numpy(),
         "unit_cre_q75": per_unit[names].quantile(0.75).to_numpy(),
@@ -226,13 +257,19 @@ def _cre_table(result: AnalysisResult) -> pd.DataFrame:
     })
 
 
+def _metrics_compared(result: AnalysisResult) -> list[Metric]:
+    """The analysis's own metric, then every headline metric of the dataset."""
+    return list(dict.fromkeys([result.spec.definition, *headline_metrics(result.dataset.metrics)]))
+
+
 def _evidence(result: AnalysisResult, bank: ScoreBank, boot: ClusterBootstrap) -> None:
     dataset, spec, notes = result.dataset, result.spec, result.notes
-    groups, clusters = dataset.groups, dataset.units["cluster"].to_numpy()
+    groups = dataset.groups
+    clusters, n_clusters = dataset.units["cluster"].to_numpy(), dataset.n_clusters
     result.comparator_present = groups.comparator in result.present
     if result.present and not result.comparator_present:
         notes.append(f"The pre-specified comparator (combo {groups.comparator}, {groups.combo_name(groups.comparator)}) "
-                     "is not in the dataset: no paired comparisons, gain split or headline answer.")
+                     "is not in the dataset: no paired comparisons, gain split, paper comparison or headline answer.")
     chooser = bank.get(spec.in_sample()) or result.scores
     result.best = best_combo(chooser, spec.sign)
     modes = {mode: bank.get(spec.with_mode(mode)) for mode in ("plain", "adaptive")}
@@ -244,34 +281,54 @@ def _evidence(result: AnalysisResult, bank: ScoreBank, boot: ClusterBootstrap) -
     if chosen:
         result.paper = metacam_vs_single(chosen, modes, clusters, boot)
 
-    compared, gains = [], []
-    for metric in dict.fromkeys([spec.metric, *HEADLINE_METRICS]):
+    compared, gains, selections, per_fold, papers = [], [], [], [], []
+    for metric in _metrics_compared(result):
         variant = spec.with_metric(metric)
         scores = bank.get(variant)
         if scores is None:
             notes.append(f"No comparisons on {variant.short}: {bank.why(variant)}")
             continue
-        table = comparator_comparisons(scores, groups, clusters, boot) if result.comparator_present else None
+        singles = real_singles(groups, scores)
+        found = cross_validated(scores, groups, singles, clusters, n_clusters, result.folds, result.fold_seed)
+        if found is not None:
+            selections.append(found[0])
+            per_fold.append(found[1])
+        if not result.comparator_present:
+            continue
+        table = comparator_comparisons(scores, groups, clusters, n_clusters)
         if table is not None:
             compared.append(table)
         adaptive, plain = bank.get(variant.with_mode("adaptive")), bank.get(variant.with_mode("plain"))
-        chooser_plain = bank.get(variant.with_mode("plain").in_sample())
-        top = best_single(chooser_plain, variant.sign) if chooser_plain is not None else None
-        if result.comparator_present and adaptive is not None and plain is not None and top is not None:
-            split = gain_split(adaptive, plain, top, groups, clusters, boot)
+        if adaptive is not None and plain is not None:
+            split = gain_split(adaptive, plain, groups, clusters, n_clusters, singles, result.folds, result.fold_seed)
             if split is not None:
-                split.insert(0, "metric", metric)
+                split.insert(0, "metric", metric.key)
                 gains.append(split)
+        draws = {(mode, held): bank.get(ScoreSpec(definition=metric, heldout=held).with_mode(mode))
+                 for mode in ("adaptive", "plain") for held in (True, False)}
+        if all(v is not None for v in draws.values()):
+            decomposed = paper_comparison(draws, groups, singles, clusters, n_clusters)  # type: ignore[arg-type]
+            if decomposed is not None:
+                papers.append(decomposed)
     if compared:
         result.comparisons = pd.concat(compared, ignore_index=True)
-        result.headline = headline(result.comparisons)
+        result.headline = headline(result.comparisons, {m.key: m.sign for m in dataset.metrics})
     elif result.comparator_present:
         notes.append("No single CAM methods or controls in the dataset: no paired comparisons.")
     if gains:
         result.gains = pd.concat(gains, ignore_index=True)
+    if selections:
+        result.selection = pd.DataFrame(selections)
+        result.selection_folds = pd.concat(per_fold, ignore_index=True)
+    if papers:
+        result.paper_comparison = pd.concat(papers, ignore_index=True)
 
-    road = spec.metric if METRICS[spec.metric].is_road else "combined"
-    base = ScoreSpec(metric=road)
+    road = spec.definition if spec.definition.two_draws else next(
+        (m for m in dataset.metrics if m.key == DEFAULT_METRIC and m.two_draws), None)
+    if road is None:
+        notes.append("No optimism table: no metric records an in-sample and a held-out draw.")
+        return
+    base = ScoreSpec(definition=road)
     parts = {(mode, held): bank.get(base.with_mode(mode) if held else base.with_mode(mode).in_sample())
              for mode in ("adaptive", "plain") for held in (True, False)}
     if all(v is not None for v in parts.values()):
@@ -306,19 +363,21 @@ def _study(result: AnalysisResult, interactions: bool) -> list[Subset]:
 
 
 def compute(dataset: Dataset, spec: ScoreSpec, *, interactions: bool = False, out_dir: Path,
-            replicates: int = DEFAULT_REPLICATES, seed: int = DEFAULT_SEED) -> AnalysisResult:
+            replicates: int = DEFAULT_REPLICATES, seed: int = DEFAULT_SEED, folds: int = DEFAULT_FOLDS,
+            fold_seed: int = DEFAULT_FOLD_SEED) -> AnalysisResult:
     """All numbers of the analysis (no files written)."""
     bank = ScoreBank(dataset)
     scores = bank.get(spec)
     if scores is None:
         reason = bank.why(spec)
         hint = (" (the held-out columns are empty: rerun the sweep with held-out re-scoring, or analyse "
-                "in-sample scores with --in-sample)" if spec.heldout and spec.definition.is_road else "")
+                "in-sample scores with --in-sample)" if spec.heldout and spec.definition.two_draws else "")
         raise AnalysisError(f"sweep '{dataset.sweep_id}' has no usable {spec.short} scores: {reason}{hint}")
     present = sorted(int(c) for c in scores.metacam["combo_id"].unique())
     missing = sorted(set(range(dataset.groups.n_combos)) - set(present))
     result = AnalysisResult(out_dir=out_dir, report=out_dir / "report.md", dataset=dataset, spec=spec,
-                            scores=scores, replicates=replicates, seed=seed, present=present, missing=missing)
+                            scores=scores, replicates=replicates, seed=seed, folds=folds, fold_seed=fold_seed,
+                            present=present, missing=missing)
     _dataset_notes(result)
     boot = ClusterBootstrap.draw(dataset.n_clusters, replicates, seed)
     _experiment_parts(result, boot, interactions)
@@ -333,12 +392,14 @@ def analyze(
     out_dir: str | Path | None = None,
     *,
     score: str = "adaptive",
-    metric: str = "combined",
+    metric: str = DEFAULT_METRIC,
     in_sample: bool = False,
     interactions: bool = False,
     sweep_id: str | None = None,
     replicates: int = DEFAULT_REPLICATES,
     seed: int = DEFAULT_SEED,
+    folds: int = DEFAULT_FOLDS,
+    fold_seed: int = DEFAULT_FOLD_SEED,
 ) -> AnalysisResult:
     """Analyse the results dataset under ``results_dir`` and write everything to ``out_dir``.
 
@@ -347,23 +408,29 @@ def analyze(
         out_dir: where tables, figures and report.md go; default
             ``results_dir/analysis`` (never read back as data).
         score: ``adaptive``, ``plain`` or ``k=K`` (``k=K`` needs ``in_sample``).
-        metric: ``combined``, ``morf``, ``lerf``, ``deletion`` or ``insertion``.
+        metric: the key of a metric the dataset records (``combined``, ``deletion``, a plug-in's
+            column, ...).
         in_sample: compare on in-sample ROAD (the draw that chose k*) instead of held-out.
         interactions: add all two-way interactions to the OLS model (Holm-corrected tests).
         sweep_id: the sweep to analyse when the dataset holds several.
         replicates, seed: the cluster bootstrap's size and seed.
+        folds, fold_seed: the cross-validation over images that chooses the best combination and
+            single CAM out of sample (leave-one-out below 10 images).
 
     Raises:
         AnalysisError: any problem with the input or the output folder.
     """
     if replicates < 100:
         raise AnalysisError(f"--bootstrap {replicates}: use at least 100 replicates (default {DEFAULT_REPLICATES})")
+    if folds < 2:
+        raise AnalysisError(f"--folds {folds}: use at least 2 folds (default {DEFAULT_FOLDS})")
     root = Path(results_dir)
     out = Path(out_dir) if out_dir is not None else root / "analysis"
-    spec = parse_score(score, metric, heldout=not in_sample)
-    keep_k = sorted({100.0} | ({spec.k} if spec.k is not None else set()))
-    dataset = load_dataset(root, sweep_id=sweep_id, keep_k=keep_k, exclude=[out])
-    result = compute(dataset, spec, interactions=interactions, out_dir=out, replicates=replicates, seed=seed)
+    parse_score(score, heldout=not in_sample)  # the score's own errors before any file is read
+    dataset = load_dataset(root, sweep_id=sweep_id, keep_k=_keep_k(score, in_sample), exclude=[out])
+    spec = parse_score(score, dataset.metric(metric), heldout=not in_sample)
+    result = compute(dataset, spec, interactions=interactions, out_dir=out, replicates=replicates, seed=seed,
+                     folds=folds, fold_seed=fold_seed)
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name in OUTPUT_NAMES:
@@ -373,3 +440,11 @@ def analyze(
         raise AnalysisError(f"cannot write the analysis to '{out}' ({error.strerror or error}); "
                             "choose a writable folder with --out") from None
     return result
+
+
+def _keep_k(score: str, in_sample: bool) -> list[float]:
+    """The k values whose rows the analysis keeps besides the k* rows: 100 and a requested k=K."""
+    text = score.strip().lower()
+    if text.startswith("k=") and in_sample:
+        return sorted({100.0, float(text[2:])})
+    return [100.0]

@@ -226,8 +226,8 @@ def plot_effects(fit: FactorialFit, spec: ScoreSpec, names: Sequence[str]) -> Fi
                "main: average effect of switching the group on; a × b: change in a's effect when b is on")
     ax.set_xlabel(f"effect on {spec.short} ({meaning})", fontsize=9)
     models = f", model fixed effects ({fit.n_models})" if fit.n_models > 1 else ""
-    ax.set_title(f"OLS factorial effects, 95% CI ({fit.inference} by model × image{models}; "
-                 f"{fit.n_clusters} clusters, {fit.n_units} units)", fontsize=10)
+    ax.set_title(f"OLS factorial effects, 95% CI ({fit.inference} clustered by image{models}; "
+                 f"{fit.n_clusters} images, {fit.n_units} units)", fontsize=10)
     # Margins in inches: room for the longest term label on the left, the CI text on the right.
     longest = max((len(label) for label in effects["label"]), default=8)
     figure.subplots_adjust(left=(0.35 + 0.075 * longest) / width, right=1 - 2.5 / width,

@@ -1,5 +1,6 @@
-"""Write the analysis: CSV + Markdown tables, PNG figures and report.md (the held-out
-answer first), and the short summary printed on stdout.
+"""Write the analysis: CSV + Markdown tables (:mod:`metacam.analysis.displays`), PNG figures and
+report.md (the held-out answer first: :mod:`metacam.analysis.answer`), and the short summary
+printed on stdout.
 """
 
 from __future__ import annotations
@@ -8,229 +9,28 @@ import json
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from metacam.analysis import plots
-from metacam.analysis.metrics import METRICS
+from metacam.analysis.answer import answer_lines
+from metacam.analysis.displays import write_tables
 from metacam.analysis.outputs import OUTPUTS
 from metacam.analysis.settings import ALPHA, LEVEL, MIN_CLUSTERS
-from metacam.analysis.tables import fmt, fmt_ci, fmt_p, fmt_share, id_ranges, write_table
+from metacam.analysis.tables import fmt_ci, fmt_p, id_ranges
 
 if TYPE_CHECKING:
     from metacam.analysis.pipeline import AnalysisResult
 
 INFERENCE_TEXT = {
-    "CR1": "CR1 cluster-robust standard errors by model × image, t(C−1)",
-    "CR2": f"CR2 (Bell-McCaffrey) cluster-robust standard errors by model × image, t(C−1) — fewer than "
-           f"{MIN_CLUSTERS} clusters",
-    "iid": "iid standard errors (one cluster: no clustering possible)",
+    "CR1": "CR1 cluster-robust standard errors clustered by image, t(C−1)",
+    "CR2": f"CR2 (Bell-McCaffrey) cluster-robust standard errors clustered by image, with Bell–McCaffrey "
+           f"(Satterthwaite) degrees of freedom per term (column df) — fewer than {MIN_CLUSTERS} images",
+    "iid": "iid standard errors (one image: no clustering possible)",
 }
 
 
 def _link(result: AnalysisResult, key: str) -> str:
     path = result.files.get(key)
     return f"[{path.name}]({path.name})" if path is not None else "(not written)"
-
-
-def _comparator_name(result: AnalysisResult) -> str:
-    groups = result.dataset.groups
-    return groups.combo_name(groups.comparator)
-
-
-# ------------------------------------------------------------------ the answer
-
-
-def answer_lines(result: AnalysisResult) -> list[str]:
-    """The held-out answer to the paper's question, one paragraph per metric."""
-    if result.headline is None or result.comparisons is None:
-        return ["No answer: " + ("the pre-specified comparator is not in the dataset."
-                                 if not result.comparator_present else
-                                 "there are no single CAM methods or controls to compare with.")]
-    source = "in-sample (--in-sample: optimistic)" if not result.spec.heldout else "held-out"
-    lines = [f"MetaCAM = the pre-specified comparator `{_comparator_name(result)}` (every non-control group, "
-             f"fixed before looking at the data), {result.spec.mode} scores, {source} ROAD. A method is *beaten* "
-             f"when the 95% cluster-bootstrap CI of the mean paired difference excludes 0 on the favourable side "
-             f"and the Holm-corrected Wilcoxon p < {ALPHA}."]
-    for row in result.headline.itertuples(index=False):
-        metric = METRICS[str(row.metric)]
-        rows = result.comparisons[result.comparisons["metric"] == row.metric]
-        mine = float(rows.loc[rows["n_units"].idxmax(), "mine_mean"])
-        if row.singles:
-            singles = rows[rows["opponent_kind"] == "single"]
-            worse = int((singles["verdict"] == "worse").sum())
-            verdict = ("**Yes**" if row.beats_every_single else
-                       f"**No** ({worse} single CAM(s) significantly better)" if worse else
-                       "**Not shown** (no single CAM is significantly better, but not all are beaten)")
-            text = (f"- **{row.score}** ({'higher' if metric.sign > 0 else 'lower'} is better; MetaCAM mean "
-                    f"{mine:.4f} over {row.n_units} units): {verdict} — it beats {row.singles_beaten} of "
-                    f"{row.singles} single CAMs. Closest: {row.closest_single}, difference MetaCAM − it = "
-                    f"{fmt_ci(row.closest_difference, row.closest_ci_low, row.closest_ci_high, 4)}, "
-                    f"Holm p = {fmt_p(row.closest_p_holm)}.")
-        else:
-            text = f"- **{row.score}**: no single CAM methods to compare with."
-        if row.controls:
-            controls = rows[rows["opponent_kind"] == "control"]
-            listed = "; ".join(f"{c.opponent} {fmt_ci(c.mean_difference, c.ci_low, c.ci_high, 4)} ({c.verdict})"
-                               for c in controls.itertuples())
-            text += (f" Against the {row.controls} null control(s): "
-                     f"{'beats all' if row.beats_controls else f'beats {row.controls_beaten}'} — {listed}.")
-        else:
-            text += " No null controls in the dataset."
-        lines.append(text)
-    mode = result.spec.mode if result.spec.mode in ("plain", "adaptive") else "adaptive"
-    if result.best is not None and result.paper is not None:
-        best = result.paper[result.paper["entry"].str.startswith("MetaCAM best in-sample")]
-        if len(best):
-            b = best.iloc[0]
-            lines.append(f"The best combination *chosen in-sample* is `{result.dataset.groups.combo_name(result.best)}` "
-                         f"(combo {result.best}); on {result.spec.source or 'these'} {mode} scores it has "
-                         f"{fmt_ci(b[f'{mode}_mean'], b[f'{mode}_ci_low'], b[f'{mode}_ci_high'], 4)} "
-                         "— it was selected on the same draw that chose k*, so it is not used for the answer.")
-        elif result.comparator_present:
-            lines.append("The in-sample best combination is the comparator itself.")
-    return lines
-
-
-# ------------------------------------------------------------------ tables
-
-
-def _displays(result: AnalysisResult) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]]:
-    """stem -> (csv frame, markdown frame, formats) for every table the data allowed."""
-    spec = result.spec
-    out: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict]] = {}
-    if result.headline is not None:
-        h = result.headline
-        out["headline"] = (h, pd.DataFrame({
-            "metric": h["score"],
-            "single CAMs beaten": [f"{a} of {b}" for a, b in zip(h["singles_beaten"], h["singles"], strict=True)],
-            "closest single": h["closest_single"].fillna("n/a"),
-            f"difference [{LEVEL:.0%} CI]": [fmt_ci(m, a, b, 4) for m, a, b in
-                                            zip(h["closest_difference"], h["closest_ci_low"], h["closest_ci_high"],
-                                                strict=True)],
-            "Holm p": [fmt_p(p) for p in h["closest_p_holm"]],
-            "controls beaten": [f"{a} of {b}" for a, b in zip(h["controls_beaten"], h["controls"], strict=True)],
-            "beats every single CAM": ["yes" if v else "no" for v in h["beats_every_single"]],
-        }), {})
-    if result.comparisons is not None:
-        c = result.comparisons
-        out["comparisons"] = (c, pd.DataFrame({
-            "metric": c["score"], "opponent": c["opponent"] + " (" + c["opponent_kind"] + ")",
-            "units (clusters)": [f"{a} ({b})" for a, b in zip(c["n_units"], c["n_clusters"], strict=True)],
-            "MetaCAM": c["mine_mean"], "opponent mean": c["theirs_mean"],
-            f"difference [{LEVEL:.0%} CI]": [fmt_ci(m, a, b, 4) for m, a, b in
-                                            zip(c["mean_difference"], c["ci_low"], c["ci_high"], strict=True)],
-            "win rate (W/T/L)": [f"{fmt_share(r)} ({w}/{t}/{lo})" for r, w, t, lo in
-                                 zip(c["win_rate"], c["wins"], c["ties"], c["losses"], strict=True)],
-            "Wilcoxon p": [fmt_p(p) for p in c["wilcoxon_p"]], "Holm p": [fmt_p(p) for p in c["p_holm"]],
-            "rank-biserial r": c["rank_biserial"], "verdict": c["verdict"],
-        }), {"rank-biserial r": lambda v: fmt(v, 3)})
-    if result.gains is not None:
-        g = result.gains
-        out["gain_split"] = (g, pd.DataFrame({
-            "metric": [METRICS[m].name for m in g["metric"]], "component": g["component"], "contrast": g["contrast"],
-            f"mean [{LEVEL:.0%} CI]": [fmt_ci(m, a, b, 4) for m, a, b in
-                                      zip(g["mean"], g["ci_low"], g["ci_high"], strict=True)],
-            "units": g["n_units"],
-        }), {})
-    if result.optimism is not None and len(result.optimism):
-        o = result.optimism
-        shown = o[(o["kind"] != "metacam") | o["entry"].str.startswith("MetaCAM comparator")
-                  | (o["combo_id"] == (result.best if result.best is not None else -1)).fillna(False)]
-        out["optimism"] = (o, pd.DataFrame({
-            "entry": [f"{e} ({k})" for e, k in zip(shown["entry"], shown["kind"], strict=True)],
-            "in-sample at k*": shown["in_sample_mean"], "held-out at k*": shown["heldout_mean"],
-            f"optimism [{LEVEL:.0%} CI]": [fmt_ci(m, a, b, 4) for m, a, b in
-                                          zip(shown["optimism"], shown["optimism_ci_low"],
-                                              shown["optimism_ci_high"], strict=True)],
-            "gap at k = 100": shown["plain_gap"],
-            f"excess [{LEVEL:.0%} CI]": [fmt_ci(m, a, b, 4) for m, a, b in
-                                        zip(shown["excess"], shown["excess_ci_low"], shown["excess_ci_high"],
-                                            strict=True)],
-            "units": shown["n_units"],
-        }), {})
-    if result.paper is not None:
-        p = result.paper
-        n = p[["plain_n", "adaptive_n"]].max(axis=1)
-        out["metacam_vs_single"] = (p, pd.DataFrame({
-            "method": p["entry"], "kind": p["kind"],
-            f"plain (k = 100) [{LEVEL:.0%} CI]": [fmt_ci(m, a, b) for m, a, b in
-                                                 zip(p["plain_mean"], p["plain_ci_low"], p["plain_ci_high"],
-                                                     strict=True)],
-            f"adaptive (k*) [{LEVEL:.0%} CI]": [fmt_ci(m, a, b) for m, a, b in
-                                               zip(p["adaptive_mean"], p["adaptive_ci_low"], p["adaptive_ci_high"],
-                                                   strict=True)],
-            "units": [fmt(int(v)) if np.isfinite(v) else "n/a" for v in n],
-        }), {})
-    if result.cre_table is not None:
-        t = result.cre_table
-        out["cre"] = (t, pd.DataFrame({
-            "group": t["group"] + np.where(t["control"], " (control)", ""), "members": t["members"],
-            f"CRE [{LEVEL:.0%} CI]": [fmt_ci(m, a, b, 4) for m, a, b in zip(t["cre"], t["ci_low"], t["ci_high"],
-                                                                           strict=True)],
-            "rank": t["rank"], "β (on − off)": t["beta"], "OLS main effect": t["ols_main_effect"],
-            "per-unit CRE median [IQR]": [f"{m:.3f} [{a:.3f}, {b:.3f}]" for m, a, b in
-                                          zip(t["unit_cre_median"], t["unit_cre_q25"], t["unit_cre_q75"],
-                                              strict=True)],
-            ("units CRE > 0" if spec.sign > 0 else "units CRE < 0"): [fmt_share(v) for v in t["unit_share_helps"]],
-        }), {})
-    if result.identity is not None and result.fit_main is not None:
-        identity = result.identity.reset_index()
-        out["cre_identity"] = (identity, identity, {"difference": lambda v: fmt(v, 8)})
-    if result.fit is not None:
-        e = result.fit.effects
-        out["effects"] = (e, pd.DataFrame({
-            "term": e["label"], "kind": e["kind"], "estimate": e["estimate"], "std. error": e["std_err"],
-            f"{LEVEL:.0%} CI": [f"[{a:+.4f}, {b:+.4f}]" for a, b in zip(e["ci_low"], e["ci_high"], strict=True)],
-            "p": [fmt_p(v) for v in e["p_value"]], "Holm p": [fmt_p(v) for v in e["p_holm"]],
-        }), {})
-    if result.experiments is not None:
-        x = result.experiments
-        out["experiments"] = (x, pd.DataFrame({
-            "rank": x["rank"], "combo_id": x["combo_id"], "method": x["method"], "groups on": x["groups_on"],
-            f"mean [{LEVEL:.0%} CI]": [fmt_ci(m, a, b, 4) for m, a, b in zip(x["mean"], x["ci_low"], x["ci_high"],
-                                                                            strict=True)],
-            "rank interval": [f"{a:.0f}–{b:.0f}" if np.isfinite(a) else "n/a"
-                              for a, b in zip(x["rank_low"], x["rank_high"], strict=True)],
-            "units": x["n_units"], "residual": x["residual"],
-        }), {})
-    if result.units_by_model is not None:
-        u = result.units_by_model
-        out["units_by_model"] = (u, u.assign(share=[fmt_share(v) for v in u["share"]]), {})
-    for dimension in ("model", "target_rank"):
-        cre_by = result.study.get(f"cre_by_{dimension}")
-        if cre_by is not None and len(cre_by):
-            wide = cre_by.assign(cell=[fmt_ci(m, a, b, 4) for m, a, b in
-                                       zip(cre_by["cre"], cre_by["ci_low"], cre_by["ci_high"], strict=True)])
-            display = wide.pivot(index=[dimension, "n_units", "n_clusters"], columns="group", values="cell")
-            display = display[list(result.dataset.groups.names)].reset_index()
-            out[f"cre_by_{dimension}"] = (cre_by, display, {})
-        effects_by = result.study.get(f"effects_by_{dimension}")
-        if effects_by is not None and len(effects_by):
-            out[f"effects_by_{dimension}"] = (effects_by, pd.DataFrame({
-                dimension: effects_by[dimension], "units": effects_by["n_units"],
-                "clusters": effects_by["n_clusters"], "inference": effects_by["inference"],
-                "term": effects_by["label"],
-                f"estimate [{LEVEL:.0%} CI]": [fmt_ci(m, a, b, 4) for m, a, b in
-                                              zip(effects_by["estimate"], effects_by["ci_low"],
-                                                  effects_by["ci_high"], strict=True)],
-                "p": [fmt_p(v) for v in effects_by["p_value"]], "Holm p": [fmt_p(v) for v in effects_by["p_holm"]],
-            }), {})
-    return out
-
-
-def _write_tables(result: AnalysisResult) -> None:
-    out, files = result.out_dir, result.files
-    for stem, (frame, display, formats) in _displays(result).items():
-        files[f"{stem}.csv"], files[f"{stem}.md"] = write_table(frame, out, stem, display=display, formats=formats)
-    if result.curves is not None:
-        files["cre_curves.csv"] = out / "cre_curves.csv"
-        result.curves.to_csv(files["cre_curves.csv"], index=False)
-    if result.per_unit is not None:
-        files["cre_per_unit.csv"] = out / "cre_per_unit.csv"
-        result.dataset.units.join(result.per_unit, how="inner").to_csv(files["cre_per_unit.csv"])
-    if len(result.dataset.failed):
-        files["failed_rows.csv"] = out / "failed_rows.csv"
-        result.dataset.failed.to_csv(files["failed_rows.csv"], index=False)
 
 
 def _write_figures(result: AnalysisResult) -> None:
@@ -318,6 +118,8 @@ def _dataset_lines(result: AnalysisResult) -> list[str]:
               else "the g_* columns (no metadata: members from the single-method rows, no controls)")
     provenance = {k: v for k, v in dataset.provenance.items() if k in (
         "percentiles", "heldout_percentiles", "noise", "ks", "seed", "torch", "device", "metacam")}
+    metrics = ", ".join(f"`{m.key}` ({m.label}{', headline' if m.headline else ''}"
+                        f"{'' if m.source == 'builtin' else ', plug-in ' + m.source})" for m in dataset.metrics)
     return [
         f"- Folder `{dataset.root}`: {len(dataset.files)} Parquet file(s), {dataset.n_rows} rows of sweep "
         f"`{dataset.sweep_id}`; k values present: {', '.join(f'{k:g}' for k in dataset.k_values)}.",
@@ -325,22 +127,39 @@ def _dataset_lines(result: AnalysisResult) -> list[str]:
         + "; ".join(f"`{n}` = {', '.join(m) or '(unknown)'}{' (control)' if c else ''}"
                     for n, m, c in zip(groups.names, groups.members, groups.controls, strict=True))
         + f". Comparator: combo {groups.comparator} (`{groups.combo_name(groups.comparator)}`).",
+        f"- Metrics (from {dataset.metrics_source}): {metrics}.",
         f"- ROAD tie rule: `{dataset.ties}` (from {dataset.ties_source})."
         + (f" Provenance: `{json.dumps(provenance, default=str)}`." if provenance else ""),
-        f"- Units (model × image × target): {len(units)} in {dataset.n_clusters} clusters (model × image) — {models}; "
+        f"- Units (model × image × target): {len(units)} in {dataset.n_clusters} clusters (images: the same photo "
+        f"under several models is one cluster) — {models}; "
         "target ranks: " + (", ".join(f"{r}: {n}" for r, n in ranks.items()) or "not recorded") + ".",
         f"- MetaCAM experiments: {len(result.present)} of {groups.n_combos}"
         + (f"; **missing combo_id {id_ranges(result.missing)}**." if result.missing and result.present else "."),
         f"- Single CAM methods: {len(singles)}" + (f" ({', '.join(singles)})" if singles else "")
         + f"; controls: {len(controls)}" + (f" ({', '.join(controls)})." if controls else "."),
-        f"- Score: {result.spec.label}, {result.spec.direction}; s_e = mean over units. CIs: {LEVEL:.0%}, cluster "
-        f"bootstrap over (model, image) with {result.replicates} replicates (seed {result.seed}), bootstrap SE with "
-        "the t(C−1)·sqrt(C/(C−1)) small-sample correction.",
+        f"- Score: {result.spec.label}, {result.spec.direction}; s_e = mean over units. Paired comparisons: per-image "
+        f"means, t interval and Wilcoxon signed-rank over images. Other CIs: {LEVEL:.0%}, cluster bootstrap over "
+        f"images with {result.replicates} replicates (seed {result.seed}), bootstrap SE with the "
+        "t(C−1)·sqrt(C/(C−1)) small-sample correction.",
     ]
 
 
 def _section(title: str, *body: str) -> list[str]:
     return [f"## {title}\n", *body]
+
+
+def _cre_text(result: AnalysisResult) -> str:
+    facts = result.identity_facts or {}
+    offset = (f" Here that offset is {facts['offset']:+.4g} for every group." if facts.get("complete") else "")
+    return (
+        "CRE is the paper's *relative ranking summary*: r_e = s_e − median over the experiments present and "
+        "CRE_g = Σ of r_e over the experiments with group g on (CI from the cluster bootstrap over images). On a "
+        "complete design CRE_g = 2^{G−1}·(mean − median) + 2^{G−2}·β_g: it carries an offset common to all "
+        "groups, so its sign does not say whether a group helps (a group with no effect can have a CRE whose CI "
+        f"excludes 0).{offset} Whether a group helps or hurts is read from its main-effect contrast β_g (on − off, "
+        "bootstrap CI) and the OLS main effect (CI clustered by image, Holm p): column *effect* says `helps` when "
+        f"the OLS effect's {LEVEL:.0%} CI lies on the favourable side of 0 and its Holm p < {ALPHA}, `hurts` for "
+        "the mirror case, `no evidence` otherwise. Per-unit CRE repeats CRE within each unit (its own median).\n")
 
 
 def _report(result: AnalysisResult) -> str:
@@ -355,20 +174,40 @@ def _report(result: AnalysisResult) -> str:
     if "comparisons.md" in files:
         parts += _section(
             "Paired comparisons",
-            f"MetaCAM comparator minus each opponent, paired over units; CI from the cluster bootstrap; "
-            f"Wilcoxon signed-rank on the cluster means of the differences, Holm-corrected within each metric; "
-            f"rank-biserial r > 0 favours MetaCAM; win rate over units. All rows: {_link(result, 'comparisons.csv')}.\n",
+            "MetaCAM comparator minus each opponent, paired by image: each image's differences averaged over its "
+            "models and targets, then the t interval and the two-sided Wilcoxon signed-rank test over images (test "
+            "method per row; its smallest attainable p is p_floor in the CSV). Adjusted p: none for the single "
+            "CAMs (intersection–union), Holm within the controls. mde = the difference detectable with 80% power "
+            "at this many images and this spread; n_needed = images needed to detect the observed difference "
+            f"(blank when it is not in MetaCAM's favour). All rows: {_link(result, 'comparisons.csv')}.\n",
             files["comparisons.md"].read_text())
+    if "paper_comparison.md" in files:
+        parts += _section(
+            "The paper's comparison, decomposed",
+            "In-sample adaptive MetaCAM minus each single CAM plain (k = 100), as the paper scored it, split "
+            "exactly into optimism + thresholding + ensembling (each with its CI over images); *carried by* names "
+            "the component with the largest favourable mean among those whose CI excludes 0. A metric with one "
+            f"draw has no optimism (0 by construction). All rows: {_link(result, 'paper_comparison.csv')}.\n",
+            files["paper_comparison.md"].read_text())
+    if "selection.md" in files:
+        parts += _section(
+            "Choosing the best combination out of sample",
+            f"Cross-validation over images ({result.folds} folds, seed {result.fold_seed}; leave-one-out below 10 "
+            "images): on the other folds' images the best combination (combo 0 excluded) and, the same way, the "
+            "best single CAM are chosen; both are scored on the fold's own images; pooled, the two are compared "
+            f"paired by image. Per fold: {_link(result, 'selection_folds.csv')}.\n",
+            files["selection.md"].read_text())
     if "gain_split.md" in files:
         parts += _section(
             "Where the gain comes from: ensembling and thresholding",
-            "Ensembling = MetaCAM plain − best single plain (the best single chosen on in-sample plain scores); "
-            "thresholding = MetaCAM adaptive − MetaCAM plain; they add up to the total on the units that have "
-            "all four scores. Held-out unless --in-sample.\n", files["gain_split.md"].read_text())
+            "Ensembling = MetaCAM plain − best single plain; thresholding = MetaCAM adaptive − MetaCAM plain; they "
+            "add up to the total on the units that have all four scores. The best single is chosen out of sample "
+            "for every metric: each image is compared with the single whose plain score is best on the other "
+            "folds' images. Held-out unless --in-sample.\n", files["gain_split.md"].read_text())
     if "optimism.md" in files and result.optimism_spec is not None:
         parts += _section(
             "Optimism of in-sample scores",
-            f"{result.optimism_spec.definition.name}, in-sample minus held-out. *Optimism*: on the k* rows, where "
+            f"{result.optimism_spec.definition.label}, in-sample minus held-out. *Optimism*: on the k* rows, where "
             "k* was chosen on the in-sample draw. *Gap at k = 100*: on the plain rows, where nothing was chosen "
             "(the two draws differ in percentiles, permutation and noise). *Excess* = optimism − gap: the part "
             f"due to choosing k*."
@@ -382,11 +221,8 @@ def _report(result: AnalysisResult) -> str:
                           "\n".join(f"- {n}" for n in result.notes) + "\n")
     if result.cre_table is not None:
         parts += _section(
-            "Cumulative Residual Effect",
-            "r_e = s_e − median over the experiments present; CRE_g = Σ of r_e over the experiments with group "
-            "g on; its CI comes from the cluster bootstrap. Per-unit CRE repeats this within each unit (its own "
-            "median)." + (" Lower is better here, so a negative CRE means the group helps." if spec.sign < 0 else "")
-            + "\n", files["cre.md"].read_text(),
+            "Which groups help: main effects, and the Cumulative Residual Effect", _cre_text(result),
+            files["cre.md"].read_text(),
             f"\n![CRE plot]({files['cre_plot.png'].name})\n",
             f"\n![Per-unit CRE]({files['cre_per_unit.png'].name})\n",
             f"\nData: {_link(result, 'cre.csv')}, {_link(result, 'cre_curves.csv')} (the curves), "
@@ -398,9 +234,10 @@ def _report(result: AnalysisResult) -> str:
                   "(effect of a with b on) − (effect of a with b off)" if fit.interactions
                   else "0/1 indicators, so each coefficient is the change in score when the group is switched on")
         text = (f"`{fit.formula}` over {fit.n_obs} unit × experiment rows, {fit.n_units} units, {fit.n_clusters} "
-                f"clusters; {INFERENCE_TEXT[fit.inference]}; {coding}; R² = {fit.r_squared:.3f}. Holm p: within "
-                "the main effects and within the interactions. No classical ANOVA table: its iid F-tests treat "
-                "the correlated rows of one image as independent and are not valid under clustering.\n")
+                f"images (clusters); models and target ranks are fixed effects; {INFERENCE_TEXT[fit.inference]}; "
+                f"{coding}; R² = {fit.r_squared:.3f}. Holm p: within the main effects and within the interactions. "
+                "No classical ANOVA table: its iid F-tests treat the correlated rows of one image as independent "
+                "and are not valid under clustering.\n")
         parts += _section("Factorial effects (OLS)", text, files["effects.md"].read_text(),
                           f"\n![Effects]({files['effects.png'].name})\n")
         if fit.interactions:
@@ -410,20 +247,22 @@ def _report(result: AnalysisResult) -> str:
                                for r in found.itertuples()) or "none"
             parts.append(f"\nInteractions with Holm-corrected p < {ALPHA}: {listed}.\n")
     if "units_by_model.md" in files:
-        body = ["Units each model contributes:\n", files["units_by_model.md"].read_text()]
+        body = ["*Exploratory*: these slices are looked at after the fact, with no correction across them; the "
+                "pooled tables above answer the questions. Each slice is clustered by image within it.\n",
+                "Units each model contributes:\n", files["units_by_model.md"].read_text()]
         for dimension, heading in (("model", "per model"), ("target_rank", "per target rank (1 = top-1 class)")):
             if f"cre_by_{dimension}.md" in files:
-                body += [f"\nCRE {heading}, with 95% CIs (each subset's own cluster bootstrap):\n",
+                body += [f"\nCRE {heading}, with 95% CIs (each subset's own cluster bootstrap over its images):\n",
                          files[f"cre_by_{dimension}.md"].read_text(),
                          f"\nEffects {heading}: {_link(result, f'effects_by_{dimension}.md')}, "
                          f"{_link(result, f'effects_by_{dimension}.csv')}.\n"]
         if "cre_by_model.png" in files:
             body.append(f"\n![CRE by model]({files['cre_by_model.png'].name})\n")
-        parts += _section("Study: by model and by target rank", *body)
+        parts += _section("Study: by model and by target rank (exploratory)", *body)
     if "metacam_vs_single.md" in files:
         parts += _section("MetaCAM versus single CAMs",
                           f"Mean [95% CI] over units of {spec.source + ' ' if spec.source else ''}"
-                          f"{spec.definition.name} ({spec.direction}).\n", files["metacam_vs_single.md"].read_text())
+                          f"{spec.definition.label} ({spec.direction}).\n", files["metacam_vs_single.md"].read_text())
     if result.experiments is not None:
         top = result.experiments.head(5)
         listing = "; ".join(f"{r.rank}. combo {r.combo_id} ({r.method}) {r.mean:.4f} (rank interval "
@@ -441,7 +280,7 @@ def _report(result: AnalysisResult) -> str:
 
 def write_outputs(result: AnalysisResult) -> None:
     """Write every table, figure and report.md into ``result.out_dir``."""
-    _write_tables(result)
+    write_tables(result)
     _write_figures(result)
     result.report.write_text(_report(result))
     result.files["report.md"] = result.report
@@ -457,7 +296,7 @@ def summary_text(result: AnalysisResult) -> str:
         f"sweep {dataset.sweep_id} ({dataset.ties} ties): {len(result.present)}/{groups.n_combos} MetaCAM "
         f"experiments, {result.scores.singles['method'].nunique()} single methods, "
         f"{result.scores.controls['method'].nunique()} controls, {len(dataset.units)} units in "
-        f"{dataset.n_clusters} clusters ({per_model})",
+        f"{dataset.n_clusters} clusters (images) ({per_model})",
         f"groups ({groups.size}, from {dataset.groups_source}): {', '.join(groups.names)}; "
         f"comparator {groups.combo_name(groups.comparator)}",
         f"score: {spec.label}, {spec.direction}",
@@ -467,18 +306,23 @@ def summary_text(result: AnalysisResult) -> str:
     if result.headline is not None:
         lines.append("")
         for row in result.headline.itertuples(index=False):
-            lines.append(f"{row.score}: MetaCAM beats {row.singles_beaten}/{row.singles} single CAMs"
-                         f" ({'every one' if row.beats_every_single else 'not all'}), "
-                         f"{row.controls_beaten}/{row.controls} controls; closest {row.closest_single} "
-                         f"{fmt_ci(row.closest_difference, row.closest_ci_low, row.closest_ci_high, 4)}")
+            needed = f"{int(row.closest_n_needed)}" if np.isfinite(row.closest_n_needed) else "n/a"
+            lines.append(f"{row.score}: beats every single CAM? {row.answer} ({row.singles_beaten}/{row.singles} "
+                         f"beaten, {row.n_clusters} images), {row.controls_beaten}/{row.controls} controls; closest "
+                         f"{row.closest_single} {fmt_ci(row.closest_difference, row.closest_ci_low, row.closest_ci_high, 4)}"
+                         f" p {fmt_p(row.closest_p)}, mde {row.closest_mde:.3g}, n_needed {needed}")
+    if result.selection is not None:
+        for row in result.selection.itertuples(index=False):
+            lines.append(f"{row.score}, chosen out of sample ({row.fold_rule}): combination − single "
+                         f"{fmt_ci(row.mean_difference, row.ci_low, row.ci_high, 4)} p {fmt_p(row.p)}")
     if result.cre_table is not None:
         lines.append("")
         width = max(12, *(len(n) + 2 for n in groups.names))
-        lines.append(f"{'group':<{width}}{'CRE':>10}   {'95% CI':<20}{'beta':>9}{'OLS':>9}")
+        lines.append(f"{'group':<{width}}{'CRE':>10}   {'95% CI':<20}{'beta':>9}{'OLS':>9}  effect")
         for row in result.cre_table.itertuples():
             interval = (f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]" if np.isfinite(row.ci_low) else "n/a")
             lines.append(f"{row.group:<{width}}{row.cre:>+10.4f}   {interval:<20}{row.beta:>+9.4f}"
-                         f"{row.ols_main_effect:>+9.4f}")
+                         f"{row.ols_main_effect:>+9.4f}  {row.effect}")
         facts = result.identity_facts
         if facts is not None:
             g = int(facts["n_groups"])

@@ -2,19 +2,20 @@
 
 ``--score adaptive`` (default) takes the row marked ``is_best_k`` (the map at
 k*), ``--score plain`` the row with k = 100 (the unthresholded map), ``--score
-k=K`` the row with k = K (in-sample only: held-out scores exist only at k* and
+k=K`` the row with k = K (in-sample only: chosen-map scores exist only at k* and
 k = 100).
 
 Held-out by default. k* (and the best combination) are chosen on in-sample
 ROAD, so in-sample ROAD at k* is the maximum of noisy estimates and biased
-upward; every comparison therefore uses the held-out ROAD columns
-(``road_heldout_*``: an independent draw) unless ``--in-sample`` asks for the
-draw that made the choice. Deletion and insertion AUC are a different metric
-from the one k* was chosen on, so they have one version only.
+upward; every comparison therefore reads a metric's ``chosen_column`` (for ROAD
+the held-out re-scoring ``road_heldout_*``: an independent draw) unless
+``--in-sample`` asks for its ``insample_column``. A metric with one version
+(deletion/insertion AUC, sparseness, complexity, plug-ins) reads it either way.
 
-``--metric``: ROAD ``combined`` (default), ``morf``, ``lerf``, ``deletion`` or
-``insertion`` AUC. For MoRF and deletion *lower* is better; ``ScoreSpec.sign``
-carries that direction to every ranking and comparison.
+``--metric NAME``: any metric the dataset records (CONTRACTS §1: ROAD
+``combined`` by default, ``morf``, ``lerf``, ``deletion``, ``insertion``,
+``sparseness``, ``complexity``, plug-in columns). ``ScoreSpec.sign`` carries its
+direction to every ranking and comparison.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from metacam.analysis.dataset import K_TOLERANCE, Dataset
+from metacam.analysis.design import CONTROL, METACAM, SINGLE
 from metacam.analysis.errors import AnalysisError
-from metacam.analysis.metrics import METRICS, Metric
+from metacam.analysis.metrics import BUILTIN, Metric
 
 PLAIN_K = 100.0
 MODES: tuple[str, ...] = ("adaptive", "plain")
@@ -38,22 +40,23 @@ class ScoreSpec:
     """A score choice.
 
     mode: ``adaptive`` (k*), ``plain`` (k = 100) or ``k`` (then ``k`` is set).
-    metric: a key of :data:`METRICS`.
-    heldout: read the held-out ROAD columns (no effect on deletion/insertion).
+    definition: the metric (as the dataset records it).
+    heldout: read the chosen-map (held-out) column; no effect on a one-version metric.
     """
 
     mode: str = "adaptive"
     k: float | None = None
-    metric: str = "combined"
+    definition: Metric = BUILTIN[0]
     heldout: bool = True
 
     @property
-    def definition(self) -> Metric:
-        return METRICS[self.metric]
+    def metric(self) -> str:
+        """The metric's key (``--metric``)."""
+        return self.definition.key
 
     @property
     def column(self) -> str:
-        return self.definition.heldout if self.heldout else self.definition.in_sample
+        return self.definition.column(self.heldout)
 
     @property
     def sign(self) -> int:
@@ -62,8 +65,8 @@ class ScoreSpec:
 
     @property
     def source(self) -> str:
-        """``held-out`` or ``in-sample`` for ROAD; empty for the AUCs (one version only)."""
-        if not self.definition.is_road:
+        """``held-out`` or ``in-sample`` for a metric with two draws (ROAD); empty otherwise."""
+        if not self.definition.two_draws:
             return ""
         return "held-out" if self.heldout else "in-sample"
 
@@ -71,8 +74,8 @@ class ScoreSpec:
     def short(self) -> str:
         """A compact name for axis labels and headings, e.g. ``held-out adaptive ROAD combined``."""
         if self.mode in MODES:
-            return " ".join(p for p in (self.source, self.mode, self.definition.name) if p)
-        return " ".join(p for p in (self.source, self.definition.name, f"at k = {self.k:g}") if p)
+            return " ".join(p for p in (self.source, self.mode, self.definition.label) if p)
+        return " ".join(p for p in (self.source, self.definition.label, f"at k = {self.k:g}") if p)
 
     @property
     def label(self) -> str:
@@ -87,8 +90,8 @@ class ScoreSpec:
     def with_mode(self, mode: str) -> ScoreSpec:
         return replace(self, mode=mode, k=PLAIN_K if mode == "plain" else None)
 
-    def with_metric(self, metric: str) -> ScoreSpec:
-        return replace(self, metric=metric)
+    def with_metric(self, metric: Metric) -> ScoreSpec:
+        return replace(self, definition=metric)
 
     def in_sample(self) -> ScoreSpec:
         return replace(self, heldout=False)
@@ -97,13 +100,11 @@ class ScoreSpec:
         return replace(self, heldout=True)
 
 
-def parse_score(text: str, metric: str = "combined", *, heldout: bool = True) -> ScoreSpec:
-    """Parse ``adaptive``, ``plain`` or ``k=K`` (K a percentage in (0, 100]) and check the metric."""
-    if metric not in METRICS:
-        raise AnalysisError(f"--metric '{metric}' is unknown; use one of {', '.join(METRICS)}")
+def parse_score(text: str, metric: Metric = BUILTIN[0], *, heldout: bool = True) -> ScoreSpec:
+    """Parse ``adaptive``, ``plain`` or ``k=K`` (K a percentage in (0, 100]) for ``metric``."""
     text = text.strip().lower()
     if text in MODES:
-        return ScoreSpec(mode=text, k=PLAIN_K if text == "plain" else None, metric=metric, heldout=heldout)
+        return ScoreSpec(mode=text, k=PLAIN_K if text == "plain" else None, definition=metric, heldout=heldout)
     if text.startswith("k="):
         try:
             k = float(text[2:])
@@ -112,11 +113,12 @@ def parse_score(text: str, metric: str = "combined", *, heldout: bool = True) ->
         if not 0 < k <= 100:
             raise AnalysisError(f"--score '{text}': K must be a percentage in (0, 100], e.g. k=25")
         if abs(k - PLAIN_K) <= K_TOLERANCE:
-            return ScoreSpec(mode="plain", k=PLAIN_K, metric=metric, heldout=heldout)
-        if heldout or not METRICS[metric].is_road:
-            raise AnalysisError(f"--score '{text}': held-out ROAD and deletion/insertion AUC exist only at k* and "
-                                "k = 100; use --score adaptive or plain, or add --in-sample for in-sample ROAD at k=K")
-        return ScoreSpec(mode="k", k=k, metric=metric, heldout=False)
+            return ScoreSpec(mode="plain", k=PLAIN_K, definition=metric, heldout=heldout)
+        if heldout or metric.insample_column is None:
+            raise AnalysisError(f"--score '{text}': held-out ROAD and the chosen-map metrics (deletion/insertion "
+                                "AUC, ...) exist only at k* and k = 100; use --score adaptive or plain, or add "
+                                "--in-sample for in-sample ROAD at k=K")
+        return ScoreSpec(mode="k", k=k, definition=metric, heldout=False)
     raise AnalysisError(f"--score '{text}' is unknown; use adaptive, plain or k=K (e.g. k=25)")
 
 
@@ -146,8 +148,8 @@ class Scores:
 
     def frame_of(self, kind: str) -> tuple[pd.DataFrame, str]:
         """The long frame of one kind and its key column: metacam (combo_id), single or control (method)."""
-        return {"metacam": (self.metacam, "combo_id"), "single": (self.singles, "method"),
-                "control": (self.controls, "method")}[kind]
+        return {METACAM: (self.metacam, "combo_id"), SINGLE: (self.singles, "method"),
+                CONTROL: (self.controls, "method")}[kind]
 
     def matrix(self, kind: str, keys: list, n_units: int, value: str = "score") -> np.ndarray:
         """``value`` of the entries ``keys`` of one kind as ``(n_units, len(keys))`` floats, NaN where absent.
@@ -196,16 +198,16 @@ def select_scores(dataset: Dataset, spec: ScoreSpec) -> Scores:
     kind = _categorical(rows["kind"])
     method = _categorical(rows["method"])
     frames = {}
-    for name in ("metacam", "single", "control"):
+    for name in (METACAM, SINGLE, CONTROL):
         where = chosen & (kind.codes == kind.categories.get_loc(name) if name in kind.categories else False)
         frame = pd.DataFrame({"unit": rows["unit"].to_numpy()[where], "score": score[where],
                               "at_k_star": rows["is_best_k"].fillna(False).to_numpy(dtype=bool)[where]})
-        if name == "metacam":
+        if name == METACAM:
             frame.insert(0, "combo_id", rows["combo_id"].to_numpy()[where].astype(np.int64))
         else:
             frame.insert(0, "method", method.categories.to_numpy(dtype=object)[method.codes[where]].astype(str))
         frames[name] = frame
-    metacam, singles, controls = frames["metacam"], frames["single"], frames["control"]
+    metacam, singles, controls = frames[METACAM], frames[SINGLE], frames[CONTROL]
     for frame, key, what in ((metacam, "combo_id", "MetaCAM experiment"), (singles, "method", "single method"),
                              (controls, "method", "control")):
         duplicated = frame.duplicated([key, "unit"])

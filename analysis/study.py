@@ -1,10 +1,11 @@
 """A study: CRE and factorial effects per model and per target rank, beside the pooled ones.
 
-Each subset (one model, or one target rank over all models) is analysed like
-the whole: experiment means over its units, CRE_g with a cluster-bootstrap CI
-(its own resampling of its own clusters), and the factorial OLS (model fixed
-effects when the subset spans several models, clustered by (model, image),
-CR2 below 30 clusters).
+Exploratory: these tables slice the study after the fact and make no correction
+across the slices; the pooled analysis answers the questions. Each subset (one model,
+or one target rank over all models) is analysed like the whole: experiment means over
+its units, CRE_g with a cluster-bootstrap CI (its own resampling of its own images),
+and the factorial OLS (model or rank fixed effects where the subset spans several,
+clustered by image within the subset, CR2 below 30 images).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Subset:
     """One slice of the study: ``dimension`` (model or target_rank) = ``value``.
 
     metacam: its scores, unit codes renumbered 0..n-1; units: its unit table
-    (same renumbering, clusters renumbered 0..C-1).
+    (same renumbering, clusters — its images — renumbered 0..C-1).
     """
 
     dimension: str

@@ -27,7 +27,7 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def planted_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Known additive effects over one model × 150 images (150 clusters), k in {50, 100}."""
     root = tmp_path_factory.mktemp("planted")
-    write_synthetic(root, 150, groups=GROUPS, models=("m",), effects=PLANTED, noise=0.03, cluster_sd=0.08,
+    write_synthetic(root, 150, groups=GROUPS, models=("m",), effects=PLANTED, noise=0.03, image_sd=0.08, entry_image_sd=0.0,
                     seed=1, ks=(50.0, 100.0))
     return root
 
@@ -37,7 +37,7 @@ def interaction_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Like planted_dataset plus a planted group1 × group4 interaction of +0.04, no singles or controls."""
     root = tmp_path_factory.mktemp("interaction")
     write_synthetic(root, 150, groups=GROUPS, models=("m",), effects=PLANTED,
-                    interaction=("group1", "group4", 0.04), noise=0.03, cluster_sd=0.08, seed=6,
+                    interaction=("group1", "group4", 0.04), noise=0.03, image_sd=0.08, entry_image_sd=0.0, seed=6,
                     ks=(50.0, 100.0), singles={}, controls={})
     return root
 

@@ -26,7 +26,7 @@ def hand_frame(scores: Mapping[int, Sequence[float]], *, groups: GroupSet | None
     n_units = len(next(iter(scores.values())))
     frame = synthetic_results(n_units, groups=groups, ks=(100.0,), models=("m",),
                               singles={m: 0.0 for m in (singles or {})}, controls={},
-                              noise=0.0, unit_sd=0.0, cluster_sd=0.0)
+                              noise=0.0, unit_sd=0.0, image_sd=0.0, entry_image_sd=0.0)
     frame = frame[(frame["kind"] == "single") | frame["combo_id"].isin(list(scores))].reset_index(drop=True)
     unit = frame["image_id"].map({v: i for i, v in enumerate(sorted(frame["image_id"].unique()))})
     values = np.empty(len(frame))

@@ -78,12 +78,24 @@ def test_full_run_writes_tables_figures_and_report(small_run, small_dataset):
     assert paper.loc[0, "plain_mean"] == pytest.approx(float(plain["road_heldout_combined"].astype(float).mean()))
 
     comparisons = pd.read_csv(out / "comparisons.csv")
-    assert set(comparisons["metric"]) == {"combined", "deletion", "insertion"}
+    # One row per headline metric the dataset records (CONTRACTS §1).
+    assert set(comparisons["metric"]) == {"combined", "deletion", "insertion", "sparseness", "complexity"}
     assert (comparisons.groupby("metric").size() == 14).all()  # 12 singles + 2 controls per metric
     kinds = comparisons[comparisons["metric"] == "combined"].set_index("opponent")["opponent_kind"]
     assert kinds["group6_random"] == "control" and kinds["group1_cam1"] == "single"
     assert (kinds == "control").sum() == 3
-    assert ((comparisons["wins"] + comparisons["ties"] + comparisons["losses"]) == comparisons["n_units"]).all()
+    # 2 models × 20 images: the images are the clusters, and wins are counted over them.
+    assert (comparisons["n_clusters"] == 20).all() and (comparisons["n_units"] == 40).all()
+    assert ((comparisons["wins"] + comparisons["ties"] + comparisons["losses"]) == comparisons["n_clusters"]).all()
+    families = comparisons.groupby("opponent_kind")["family"].unique()
+    assert families["single"].tolist() == ["intersection–union: none"]
+    assert families["control"].tolist() == ["Holm within the controls"]
+    for name in ("headline.csv", "paper_comparison.csv", "selection.csv", "selection_folds.csv", "cre.csv",
+                 "effects.csv", "cre_by_model.csv"):
+        frame = pd.read_csv(out / name)
+        n_clusters = frame["n_clusters"] if "n_clusters" in frame else None
+        if n_clusters is not None and name != "cre_by_model.csv":
+            assert (n_clusters == 20).all(), name  # every table that reports inference says so
 
     effects = pd.read_csv(out / "effects.csv")
     assert effects["term"].tolist() == [f"g_{g}" for g in NAMES]
@@ -104,10 +116,10 @@ def test_full_run_writes_tables_figures_and_report(small_run, small_dataset):
 def test_stdout_summary(small_run):
     code, folder, out = small_run
     assert code == 0
-    assert "64/64 MetaCAM experiments, 12 single methods, 2 controls, 40 units in 40 clusters" in out
+    assert "64/64 MetaCAM experiments, 12 single methods, 2 controls, 40 units in 20 clusters (images)" in out
     assert "model_a: 20, model_b: 20" in out
-    assert all(re.search(rf"^{g}\s+[+-]\d", out, re.MULTILINE) for g in NAMES)
-    assert "held-out adaptive ROAD combined: MetaCAM beats" in out
+    assert all(re.search(rf"^{g}\s+[+-]\d.*(helps|hurts|no evidence)$", out, re.MULTILINE) for g in NAMES)
+    assert "held-out adaptive ROAD combined: beats every single CAM? " in out
     assert "CRE = 2^5*(mean - median) + 2^4*beta holds" in out
     assert f"report: {folder / 'report.md'}" in out
 
@@ -246,11 +258,15 @@ def _no_heldout(folder: Path) -> None:
     ("columns", [], "lack(s) required column(s) road_morf"),
     ("none", [], "does not exist"),
     ("data", ["--score", "k=33", "--in-sample"], "no rows with k = 33"),
-    ("data", ["--score", "k=33"], "held-out ROAD and deletion/insertion AUC exist only at k* and k = 100"),
+    ("data", ["--score", "k=33"], "held-out ROAD and the chosen-map metrics (deletion/insertion AUC, ...) exist "
+                                  "only at k* and k = 100"),
     ("data", ["--score", "best"], "--score 'best' is unknown"),
-    ("data", ["--metric", "auc"], "--metric 'auc' is unknown; use one of combined, morf, lerf, deletion, insertion"),
+    ("data", ["--metric", "auc"], "--metric 'auc' is not recorded in this dataset; recorded metrics: combined, morf, "
+                                  "lerf, deletion, insertion, sparseness, complexity"),
+    ("data", ["--metric", "deletion", "--score", "k=50", "--in-sample"], "chosen-map metrics"),
     ("data", ["--sweep-id", "nope"], "--sweep-id 'nope' is not in the dataset"),
     ("data", ["--bootstrap", "5"], "--bootstrap 5: use at least 100 replicates"),
+    ("data", ["--folds", "1"], "--folds 1: use at least 2 folds"),
     ("data", ["--bootstrap", "many"], "invalid int value: 'many'"),
     ("flags", [], "group flags (g_*) that do not match their combo_id"),
     ("ties", [], "mixes ROAD tie rules inclusive, random"),
@@ -301,7 +317,8 @@ def test_in_sample_still_works_without_heldout_scores(tmp_path, capsys):
 def test_help_and_missing_argument(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("RESULTS_DIR", "--in-sample", "--metric", "deletion", "--bootstrap", "--interactions"):
+    for option in ("RESULTS_DIR", "--in-sample", "--metric", "deletion", "--bootstrap", "--interactions", "--folds",
+                   "--fold-seed", "plug-in"):
         assert option in text
     code, _, err = run(capsys)
     assert code == 2 and "required: RESULTS_DIR" in err

@@ -3,6 +3,8 @@ stated defaults, and clear errors for bad input."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -11,17 +13,23 @@ import pytest
 
 from metacam.analysis.dataset import find_parquet_files, load_dataset
 from metacam.analysis.errors import AnalysisError
+from metacam.analysis.metrics import BUILTIN, V02_KEYS, resolve
 from metacam.analysis.scores import parse_score, select_scores
 from metacam.analysis.synthetic import (
     OPTIONAL_PROVENANCE,
     make_groups,
     synthetic_results,
     write_results,
+    write_synthetic,
 )
-from metacam.schema import REQUIRED_COLUMNS
+from metacam.schema import METADATA_KEY, REQUIRED_COLUMNS
 from tests.analysis.helpers import hand_frame
 
 GROUPS = make_groups(3)
+
+
+def builtin(key: str):
+    return resolve(BUILTIN, key)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,10 @@ def test_reads_rows_units_groups_and_provenance(tmp_path, frame):
     assert dataset.groups == GROUPS and dataset.groups_source == "metadata"
     assert dataset.groups.controls == (False, False, True) and dataset.groups.comparator == 3
     assert dataset.k_values == (25.0, 50.0, 75.0, 100.0)
-    assert len(dataset.units) == 12 and dataset.n_clusters == 6 and dataset.n_rows == len(frame)
+    # 12 units, but 3 clusters: an image is one cluster under both models (its id is its content).
+    assert len(dataset.units) == 12 and dataset.n_clusters == 3 and dataset.n_rows == len(frame)
+    by_image = dataset.units.groupby("image_id")
+    assert (by_image["cluster"].nunique() == 1).all() and (by_image["model"].nunique() == 2).all()
     assert sorted(dataset.units["target_rank"].unique()) == [1, 2]
     assert len(dataset.files) == 8 + 2 + 2
     # Kept: the k* rows and the k = 100 rows (they coincide where k* = 100).
@@ -128,7 +139,7 @@ def test_bad_folders_give_clear_errors(tmp_path, setup, message):
 
 def test_missing_columns_are_named(tmp_path, frame):
     write_results(frame.drop(columns=["road_heldout_lerf", "status"]), tmp_path, GROUPS)
-    with pytest.raises(AnalysisError, match=r"lack\(s\) required column\(s\) road_heldout_lerf, status") as error:
+    with pytest.raises(AnalysisError, match=r"lack\(s\) required column\(s\) status, road_heldout_lerf") as error:
         load_dataset(tmp_path)
     assert "and 11 other file(s)" in str(error.value)
 
@@ -233,10 +244,10 @@ def test_score_choices(tmp_path, frame):
     plain = select_scores(dataset, parse_score("plain"))
     expected = frame[metacam & (frame["k"] == 100)]["road_heldout_combined"]
     assert sorted(plain.metacam["score"]) == pytest.approx(sorted(expected.astype(float)))
-    at_50 = select_scores(dataset, parse_score("k=50", "lerf", heldout=False))
+    at_50 = select_scores(dataset, parse_score("k=50", builtin("lerf"), heldout=False))
     expected = frame[metacam & (frame["k"] == 50)]["road_lerf"]
     assert sorted(at_50.metacam["score"]) == pytest.approx(sorted(expected.astype(float)))
-    deletion = select_scores(dataset, parse_score("adaptive", "deletion"))
+    deletion = select_scores(dataset, parse_score("adaptive", dataset.metric("deletion")))
     expected = frame[metacam & frame["is_best_k"]]["deletion_auc"]
     assert sorted(deletion.metacam["score"]) == pytest.approx(sorted(expected.astype(float)))
     with pytest.raises(AnalysisError, match="no rows with k = 33.*k values present: 25, 50, 75, 100"):
@@ -248,17 +259,65 @@ def test_score_choices(tmp_path, frame):
     ("k=0", "combined", True, "K must be a percentage"),
     ("k=150", "combined", True, "K must be a percentage"),
     ("k=abc", "combined", True, "K must be a percentage"),
-    ("k=25", "combined", True, "held-out ROAD and deletion/insertion AUC exist only at k\\* and k = 100"),
+    ("k=25", "combined", True, "held-out ROAD and the chosen-map metrics .* exist only at k\\* and k = 100"),
     ("k=25", "deletion", False, "exist only at k\\* and k = 100"),
-    ("adaptive", "auc", True, "--metric 'auc' is unknown; use one of combined, morf, lerf, deletion, insertion"),
 ])
 def test_bad_score_options(text, metric, heldout, message):
     with pytest.raises(AnalysisError, match=message):
-        parse_score(text, metric, heldout=heldout)
+        parse_score(text, builtin(metric), heldout=heldout)
+
+
+def test_unknown_metric_lists_the_recorded_ones():
+    with pytest.raises(AnalysisError, match="--metric 'auc' is not recorded in this dataset; recorded metrics: "
+                                            "combined, morf, lerf, deletion, insertion, sparseness, complexity"):
+        resolve(BUILTIN, "auc")
 
 
 def test_k_100_is_the_plain_score():
     assert parse_score("k=100").mode == "plain"
-    spec = parse_score("adaptive", "deletion")
+    spec = parse_score("adaptive", builtin("deletion"))
     assert spec.column == "deletion_auc" and spec.sign == -1 and spec.short == "adaptive deletion AUC"
-    assert parse_score("plain", "combined", heldout=False).short == "in-sample plain ROAD combined"
+    assert parse_score("plain", builtin("combined"), heldout=False).short == "in-sample plain ROAD combined"
+    # A one-draw metric reads its one column either way.
+    assert parse_score("adaptive", builtin("sparseness"), heldout=False).column == "sparseness"
+
+
+def test_metrics_come_from_the_metadata_with_plug_ins(tmp_path):
+    write_synthetic(tmp_path, 2, groups=GROUPS, plugins={"my_metric": False}, singles={})
+    dataset = load_dataset(tmp_path)
+    assert dataset.metrics_source == "metadata"
+    assert [m.key for m in dataset.metrics] == [*(m.key for m in BUILTIN), "my_metric"]
+    mine = dataset.metric("my_metric")
+    assert mine.chosen_column == "my_metric" and mine.insample_column is None and mine.sign == -1
+    assert mine.source == "synthetic.plugins:my_metric" and mine.headline
+    assert dataset.rows["my_metric"].notna().any() and str(dataset.rows["my_metric"].dtype) == "float32"
+
+
+def test_a_v02_dataset_falls_back_to_five_metrics(tmp_path):
+    write_synthetic(tmp_path, 2, groups=GROUPS, record_metrics=False, singles={})
+    record = json.loads(pq.read_schema(next(tmp_path.glob("*.parquet"))).metadata[METADATA_KEY])
+    assert "metrics" not in record and record["format"] == 2
+    dataset = load_dataset(tmp_path)
+    assert [m.key for m in dataset.metrics] == list(V02_KEYS) and dataset.metrics_source == "v0.2 fallback"
+    with pytest.raises(AnalysisError, match="--metric 'sparseness' is not recorded"):
+        dataset.metric("sparseness")
+
+
+def test_files_that_record_different_metrics_are_refused(tmp_path):
+    write_synthetic(tmp_path / "a", 2, groups=GROUPS, singles={}, controls={}, missing_combos=range(1, 8))
+    write_synthetic(tmp_path / "b", 2, groups=GROUPS, singles={}, controls={}, missing_combos=range(0, 7),
+                    plugins={"my_metric": True})
+    with pytest.raises(AnalysisError, match=r"'a/metacam-combo0000.parquet' and 'b/metacam-combo0007.parquet' "
+                                            r"record different metrics .*write each list under its own sweep_id"):
+        load_dataset(tmp_path)
+
+
+def test_an_unusable_metrics_record_is_named(tmp_path, frame):
+    paths = write_results(frame[frame["kind"] == "metacam"], tmp_path, GROUPS)
+    table = pq.read_table(paths[0])
+    record = json.loads(table.schema.metadata[METADATA_KEY])
+    record["metrics"] = [{"key": "combined"}]
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(record).encode()}), paths[0])
+    with pytest.raises(AnalysisError, match="'metacam-combo0000.parquet' records an unusable metrics list "
+                                            r"\(metrics entry 'combined' lacks label"):
+        load_dataset(tmp_path)

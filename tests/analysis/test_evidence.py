@@ -76,13 +76,15 @@ def test_best_is_chosen_in_sample_and_kept_apart_from_the_comparator(optimism_ru
 def test_gain_split_adds_up(optimism_run):
     result, _ = optimism_run
     gains = result.gains
-    assert gains is not None and set(gains["metric"]) == {"combined", "deletion", "insertion"}
+    assert gains is not None
+    assert set(gains["metric"]) == {"combined", "deletion", "insertion", "sparseness", "complexity"}
     for _, part in gains.groupby("metric"):
-        mean = part.set_index("component")["mean"]
+        mean = part.set_index("component")["mean_difference"]
         assert mean["ensembling"] + mean["thresholding"] == pytest.approx(mean["total"], abs=1e-12)
-    # The best single plain is chosen on in-sample plain scores: group1_cam1 (the highest level),
-    # although held-out group1_cam2 is better.
-    assert "group1_cam1 plain" in gains.loc[0, "contrast"]
+    # The best single is chosen out of sample, on the other folds' plain scores: group1_cam1 (the
+    # highest plain level; its planted optimism is on the k* rows only) in each of the 5 folds.
+    assert (gains["best_single"] == "chosen out of sample (group1_cam1: 5/5)").all()
+    assert (gains["n_clusters"] == 40).all()
 
 
 def test_comparisons_are_held_out_by_default_and_in_sample_on_request(optimism_run, tmp_path):
@@ -129,17 +131,19 @@ def test_headline_no_when_a_single_cam_is_better(tmp_path):
     # The comparator's level (0.1 + 0.06 + 0.01 = 0.17) is below this "control" planted at 0.2.
     assert verdicts["smooth_noise"] == "worse"
     assert not row["beats_controls"]
-    assert "**No** (1 single CAM(s) significantly better) — it beats 3 of 4 single CAMs" in (
+    assert row["answer"] == "no"
+    assert "**No** — 1 single CAM(s) significantly better (group1_cam1); it beats 3 of 4." in (
         tmp_path / "out" / "report.md").read_text()
 
 
-def test_headline_not_shown_when_the_data_cannot_tell(tmp_path):
-    # One unit (one cluster): MetaCAM scores higher than the single CAM, but nothing can be concluded.
+def test_headline_cannot_be_shown_with_one_image(tmp_path):
+    # One unit (one image): MetaCAM scores higher than the single CAM, but nothing can be concluded.
     write_hand(tmp_path / "data", {c: [0.1 * c] for c in range(8)}, groups=GROUPS,
                singles={"group1_cam1": [0.0]})
     result = analyze(tmp_path / "data", tmp_path / "out", replicates=200)
     assert result.comparisons is not None
     assert (result.comparisons["verdict"] == "no clear difference").all()
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "**Not shown** (no single CAM is significantly better, but not all are beaten)" in report
-    assert "> **Warning:** Only one cluster" in report
+    assert "**Cannot be shown with 1 image** — the exact signed-rank test's smallest two-sided p with 1 image " \
+           "is 1.000 ≥ 0.05" in report
+    assert "> **Warning:** Only one image carries the data" in report

@@ -4,12 +4,19 @@ rows and optimism, ROAD consistency, units of a study, atomic files."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from metacam.analysis.metrics import BUILTIN
 from metacam.analysis.synthetic import (
+    Variation,
+    draw_own,
+    draw_shared,
     iter_synthetic,
     make_groups,
+    make_units,
     synthetic_results,
     write_synthetic,
 )
@@ -23,12 +30,16 @@ def test_tables_follow_the_schema_and_record_the_groups(n_groups):
     tables = list(iter_synthetic(2, groups=groups, missing_combos=range(1, 2**n_groups)))
     stems = [stem for stem, _ in tables]
     assert stems[0] == "metacam-combo0000" and stems[-2:] == ["control-shuffled", "control-smooth_noise"]
+    base = results_schema(groups.names)
     for _, table in tables:
-        assert table.schema.equals(results_schema(groups.names))  # (metadata aside)
+        assert table.schema.names[:len(base)] == base.names  # the schema, then the metrics it lacks
+        assert [(f.name, f.type) for f in table.schema][len(base):] == [
+            (c, pa.float32()) for c in ("sparseness", "complexity") if c not in base.names]
         record = read_file_metadata(table.schema)
-        assert record is not None and record["format"] == 2
+        assert record is not None and record["format"] == 3
         assert GroupSet.from_json(record["groups"]) == groups
         assert record["provenance"]["ties"] == "random"
+        assert [m["key"] for m in record["metrics"]] == [m.key for m in BUILTIN]
 
 
 def test_make_groups():
@@ -43,7 +54,7 @@ def test_make_groups():
 def test_planted_adaptive_scores_and_road_consistency():
     groups = make_groups(3)
     frame = synthetic_results(4, groups=groups, effects={"group1": 0.1, "group3": -0.2}, baseline=0.0,
-                              noise=0.0, unit_sd=0.0, cluster_sd=0.0, model_step=0.0, singles={}, controls={},
+                              noise=0.0, unit_sd=0.0, image_sd=0.0, entry_image_sd=0.0, model_step=0.0, singles={}, controls={},
                               ks=(10.0, 50.0, 100.0))
     assert len(frame) == 8 * 2 * 4 * 3  # combos × models × images × k
     key = ["combo_id", "model", "image_id", "target_class"]
@@ -111,3 +122,53 @@ def test_same_seed_same_data_and_files_are_whole(tmp_path):
     again = synthetic_results(3, groups=make_groups(3), seed=4, singles={})
     first = pq.read_table(tmp_path / "metacam-combo0005.parquet").to_pandas()
     np.testing.assert_array_equal(first["road_combined"], again[again["combo_id"] == 5]["road_combined"])
+
+
+def test_effects_are_drawn_per_image_and_shared_across_models_and_targets():
+    # Only the image effects: every unit of an image gets the same value, under each model and target.
+    frame = synthetic_results(4, groups=make_groups(2), models=("a", "b", "c"), n_targets=2, image_sd=0.1,
+                              unit_sd=0.0, entry_image_sd=0.0, noise=0.0, model_step=0.0, rank_step=0.0,
+                              singles={}, controls={}, ks=(100.0,))
+    combo0 = frame[frame["combo_id"] == 0]
+    assert (combo0.groupby("image_id")["road_combined"].nunique() == 1).all()
+    assert combo0.groupby("image_id")["road_combined"].first().std() > 0.01
+    # An entry's own image effect is shared by the image's units too, and differs between entries.
+    frame = synthetic_results(4, groups=make_groups(2), models=("a", "b", "c"), n_targets=2, image_sd=0.0,
+                              unit_sd=0.0, entry_image_sd=0.1, noise=0.0, model_step=0.0, rank_step=0.0,
+                              singles={}, controls={}, ks=(100.0,))
+    wide = frame.pivot_table(index=["model", "image_id", "target_class"], columns="combo_id",
+                             values="road_combined")
+    difference = (wide[1] - wide[0]).groupby(level="image_id")
+    assert (difference.nunique() == 1).all() and difference.first().std() > 0.01
+
+
+def test_unequal_clusters_skew_and_bounds():
+    units = make_units(3, ("a", "b"), [1, 3, 2])
+    assert len(units) == 2 * 6 and units.groupby(["model", "image_id"]).size().tolist() == [1, 3, 2] * 2
+    assert units.groupby("image_id")["cluster"].nunique().eq(1).all()
+    big = make_units(20_000, ("a",))
+    skewed = draw_own(big, Variation(entry_image_sd=0.0, noise=1.0, skew=2.0), np.random.default_rng(0))[0]
+    assert abs(skewed.mean()) < 0.03 and abs(skewed.std() - 1) < 0.03
+    assert pd.Series(skewed).skew() == pytest.approx(2.0, abs=0.2)
+    frame = synthetic_results(30, groups=make_groups(2), bounds=(-0.5, 0.5), image_sd=1.0, singles={}, controls={})
+    assert frame["road_combined"].between(-0.5, 0.5).all()
+    assert frame["road_heldout_combined"].dropna().between(-0.5, 0.5).all()
+    shared = draw_shared(big, Variation(image_sd=0.0, unit_sd=0.0), np.random.default_rng(1), n_studies=3)
+    assert shared.shape == (3, 20_000) and not shared.any()
+
+
+def test_plug_in_metric_columns_and_a_v02_record(tmp_path):
+    write_synthetic(tmp_path / "new", 2, groups=make_groups(2), plugins={"my_metric": True}, singles={})
+    table = pq.read_table(tmp_path / "new" / "metacam-combo0001.parquet")
+    record = read_file_metadata(table.schema)
+    assert record is not None and record["metrics"][-1]["key"] == "my_metric"
+    frame = table.to_pandas()
+    scored = frame["is_best_k"] | (frame["k"] == 100)
+    for column in ("sparseness", "complexity", "my_metric"):
+        assert frame.loc[scored, column].notna().all() and frame.loc[~scored, column].isna().all()
+    assert np.corrcoef(frame.loc[scored, "my_metric"], frame.loc[scored, "road_heldout_combined"])[0, 1] > 0.9
+    write_synthetic(tmp_path / "old", 2, groups=make_groups(2), record_metrics=False, singles={})
+    old = pq.read_table(tmp_path / "old" / "metacam-combo0001.parquet")
+    record = read_file_metadata(old.schema)
+    assert record is not None and "metrics" not in record and record["format"] == 2
+    assert not {"sparseness", "complexity"} & set(old.column_names)
