@@ -1,5 +1,5 @@
 """Cluster bootstrap: confidence intervals that respect the correlation of units
-sharing an image (a cluster = one image under one model).
+sharing an image (a cluster = one image, under every model and target it is scored with).
 
 Each replicate draws C clusters with replacement; a statistic is recomputed
 from the clusters' sums, so a replicate costs one matrix product
@@ -13,13 +13,17 @@ one, and its quantiles are normal where a t(C − 1) is due (at C = 10 it
 covers about 90%). We use the bootstrap standard error in a t interval with
 the small-sample correction,
 
-    estimate ± t_{C−1, 0.975} · sqrt(C / (C − 1)) · SE_boot,
+    estimate ± t_{df, 0.975} · sqrt(C / (C − 1)) · SE_boot,
 
-which for a mean equals the textbook cluster t-interval and keeps 0.93-0.97
-coverage at 10 and at 50 clusters (tests/analysis/test_bootstrap.py measures
-it), and applies unchanged to non-linear statistics such as CRE_g. Ranks are
-discrete and bounded, so rank intervals are plain percentiles of the
-bootstrap ranks (descriptive).
+which for a mean of equal-sized clusters equals the textbook cluster t-interval
+(df = C − 1) and keeps 0.93-0.97 coverage at 10 and at 50 clusters
+(tests/analysis/test_bootstrap.py measures it), and applies unchanged to
+non-linear statistics such as CRE_g. For a mean over clusters of unequal sizes
+(images with more targets or models, failed units) df is the Bell–McCaffrey
+(Satterthwaite) degrees of freedom of the CR2 variance of that mean (the
+intercept-only case of :mod:`metacam.analysis.factorial`), below C − 1: fewer
+effective clusters. Ranks are discrete and bounded, so rank intervals are plain
+percentiles of the bootstrap ranks (descriptive).
 """
 
 from __future__ import annotations
@@ -42,15 +46,17 @@ class Estimate:
     point: ``(K,)`` the statistic on the data.
     replicates: ``(B, K)`` the statistic on each resample (NaN where undefined).
     n_clusters: ``(K,)`` clusters that hold data for each statistic.
+    df: ``(K,)`` degrees of freedom of its t interval (None: C − 1).
     """
 
     point: np.ndarray
     replicates: np.ndarray
     n_clusters: np.ndarray
+    df: np.ndarray | None = None
 
     def interval(self, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)``, each ``(K,)``: the corrected bootstrap-SE t interval (module docstring)."""
-        return t_interval(self.point, self.replicates, self.n_clusters, level)
+        return t_interval(self.point, self.replicates, self.n_clusters, level, self.df)
 
     def percentile_interval(self, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)``: plain percentiles of the replicates (for ranks)."""
@@ -68,8 +74,8 @@ class Estimate:
 
 
 def t_interval(point: np.ndarray, replicates: np.ndarray, n_clusters: np.ndarray | int,
-               level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
-    """``point ± t_{C-1} · sqrt(C/(C-1)) · sd(replicates)`` per column; NaN where C < 2."""
+               level: float = LEVEL, df: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``point ± t_{df} · sqrt(C/(C-1)) · sd(replicates)`` per column (df default C − 1); NaN where C < 2."""
     point = np.asarray(point, dtype=np.float64)
     clusters = np.broadcast_to(np.asarray(n_clusters, dtype=np.float64), point.shape)
     with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -78,8 +84,8 @@ def t_interval(point: np.ndarray, replicates: np.ndarray, n_clusters: np.ndarray
         usable = finite.sum(axis=0) >= 2
         se = np.where(usable, np.nanstd(np.where(finite, replicates, np.nan), axis=0, ddof=1), np.nan)
         valid = clusters >= 2
-        df = np.where(valid, clusters - 1, np.nan)
-        half = stats.t.ppf(0.5 + level / 2, df) * np.sqrt(clusters / df) * se
+        degrees = np.where(valid, clusters - 1 if df is None else np.broadcast_to(df, point.shape), np.nan)
+        half = stats.t.ppf(0.5 + level / 2, degrees) * np.sqrt(clusters / (clusters - 1)) * se
     half = np.where(valid, half, np.nan)
     return point - half, point + half
 
@@ -134,7 +140,29 @@ class ClusterBootstrap:
             bottom = self.weights @ counts.astype(np.float32)
             replicates = np.where(bottom > 0, top.astype(np.float64) / bottom, np.nan)
         point = np.where(counts.sum(axis=0) > 0, point, np.nan)
-        return Estimate(point, replicates, (counts > 0).sum(axis=0))
+        return Estimate(point, replicates, (counts > 0).sum(axis=0), mean_df(counts))
+
+
+def mean_df(counts: np.ndarray) -> np.ndarray:
+    """Bell–McCaffrey degrees of freedom of the CR2 variance of a mean over units, from the units
+    per cluster ``counts (C, K)`` of each of K means: ``(K,)``, C − 1 for equal sizes, fewer for
+    unequal ones, NaN below two clusters.
+
+    The intercept-only model (X = 1, N units): a_g = 1_g / (N·sqrt(1 − n_g/N)), so G'G =
+    diag(n_g / (N²(1 − n_g/N))) − m m'/N with m_g = n_g / (N·sqrt(1 − n_g/N)), and
+    df = (tr G'G)² / tr((G'G)²) in closed form (Imbens & Kolesár 2016, eq. 9).
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    total = n.sum(axis=0)
+    with np.errstate(all="ignore"):
+        share = np.where(n > 0, n / total, 0.0)
+        squares = np.where(n > 0, n / (total**2 * (1 - share)), 0.0)  # diag(a_g'a_g)
+        moments = np.where(n > 0, n / (total * np.sqrt(1 - share)), 0.0)  # m_g
+        rank_one = (moments**2).sum(axis=0) / total  # m'm / N
+        trace = squares.sum(axis=0) - rank_one
+        trace_square = (squares**2).sum(axis=0) - 2 * (squares * moments**2).sum(axis=0) / total + rank_one**2
+        df = trace**2 / trace_square
+    return np.where((n > 0).sum(axis=0) >= 2, df, np.nan)
 
 
 def cluster_sums(values: np.ndarray, clusters: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray]:

@@ -451,15 +451,16 @@ def _write_table(table: pa.Table, path: Path) -> Path:
 
 
 def write_results(frame: pd.DataFrame, root: str | Path, groups: GroupSet | None = None, *,
-                  provenance: Mapping[str, object] | None = None, typed: bool = True) -> list[Path]:
+                  provenance: Mapping[str, object] | None = None, metrics: Sequence[Metric] | None = None,
+                  typed: bool = True) -> list[Path]:
     """Write a results DataFrame as one Parquet file per combination / single method / control.
 
     Args:
         frame: rows in the results schema (columns may be dropped or added).
         root: the folder (files ``metacam-comboNNNN``, ``single-METHOD``, ``control-METHOD``).
-        groups: recorded as file metadata when given (with ``provenance`` and the metrics
-            whose columns the frame has); without it the files carry no metadata, as an
-            older writer's would.
+        groups: recorded as file metadata when given (with ``provenance`` and ``metrics``, by
+            default the built-ins whose columns the frame has); without it the files carry no
+            metadata, as an older writer's would.
         typed: cast the schema's columns to the schema's types (``False`` keeps
             the frame's own types, to write deliberately malformed datasets).
     """
@@ -468,7 +469,7 @@ def write_results(frame: pd.DataFrame, root: str | Path, groups: GroupSet | None
     metadata = None
     if groups is not None:
         metadata = metadata_record(groups, dict(provenance or provenance_record(DEFAULT_TIES, [], 0)),
-                                   fallback_metrics(frame.columns))
+                                   fallback_metrics(frame.columns) if metrics is None else metrics)
     full = results_schema(names)
     kind = frame["kind"].astype(str)
     stems = np.where(

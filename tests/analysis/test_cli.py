@@ -16,7 +16,12 @@ import pytest
 
 from metacam.analysis.cli import main
 from metacam.analysis.outputs import OUTPUTS
-from metacam.analysis.synthetic import make_groups, synthetic_results, write_results
+from metacam.analysis.synthetic import (
+    make_groups,
+    synthetic_results,
+    write_results,
+    write_synthetic,
+)
 from metacam.schema import REQUIRED_COLUMNS
 from tests.analysis.conftest import GROUPS
 from tests.analysis.helpers import hand_frame, write_hand
@@ -322,6 +327,32 @@ def test_help_and_missing_argument(capsys):
         assert option in text
     code, _, err = run(capsys)
     assert code == 2 and "required: RESULTS_DIR" in err
+
+
+def test_help_reads_no_dataset_and_loads_no_pandas():
+    done = subprocess.run([sys.executable, "-c", "import sys; from metacam.analysis.cli import main; main(['--help']); "
+                           "print('LOADED', sorted(m for m in ('pandas', 'numpy', 'pyarrow') if m in sys.modules))"],
+                          capture_output=True, text=True, check=False)
+    assert "LOADED []" in done.stdout, done.stderr
+
+
+def test_a_plug_in_metric_gets_a_headline_row(tmp_path, capsys):
+    write_synthetic(tmp_path / "data", 8, groups=THREE, models=("m",), seed=4, plugins={"my_metric": False})
+    code, out, err = run(capsys, tmp_path / "data", "--out", tmp_path / "out", "--metric", "my_metric",
+                         "--bootstrap", "200")
+    assert code == 0, err
+    assert "score: adaptive my_metric (at each unit's k*), lower is better" in out
+    headline = pd.read_csv(tmp_path / "out" / "headline.csv")
+    # The analysed metric first, then every headline metric the dataset records, the plug-in included.
+    assert headline["metric"].tolist() == ["my_metric", "combined", "deletion", "insertion", "sparseness",
+                                           "complexity"]
+    assert "adaptive my_metric: beats every single CAM?" in out
+    raw = pq.read_table(tmp_path / "data").to_pandas()
+    best = raw[(raw["kind"] == "metacam") & raw["is_best_k"]]
+    top = pd.read_csv(tmp_path / "out" / "experiments.csv")["combo_id"].iloc[0]
+    assert top == best.groupby("combo_id")["my_metric"].mean().idxmin()  # ranked in its own direction
+    assert "`my_metric` (my_metric, headline, plug-in synthetic.plugins:my_metric)" in (
+        tmp_path / "out" / "report.md").read_text()
 
 
 def test_python_dash_m_without_torch_and_without_tracebacks(tmp_path):

@@ -164,3 +164,26 @@ def test_identity_holds_on_complete_designs_only():
 def test_experiment_means():
     frame = long_frame({0: [1.0, 3.0], 5: [4.0, 6.0]})
     assert experiment_means(frame).to_dict() == {0: 2.0, 5: 5.0}
+
+
+def test_a_null_group_has_a_cre_but_no_effect(tmp_path):
+    # group3 does nothing; group1 and group2 interact (+0.08 together), which makes the experiment
+    # scores skewed: mean − median = 0.02, so every group's CRE carries 2^2·0.02 = +0.08. group3's CRE
+    # is +0.08 with a CI far from 0, while β and the OLS effect say what it is: no evidence of an effect.
+    groups = make_groups(3, control_last=False)
+    write_synthetic(tmp_path / "data", 40, groups=groups, models=("a", "b", "c"), seed=2, singles={}, controls={},
+                    effects={"group1": 0.02, "group2": 0.02, "group3": 0.0}, interaction=("group1", "group2", 0.08),
+                    image_sd=0.05, entry_image_sd=0.005, noise=0.005, unit_sd=0.01)
+    result = analyze(tmp_path / "data", tmp_path / "out", replicates=400)
+    table = pd.read_csv(tmp_path / "out" / "cre.csv").set_index("group")
+    null = table.loc["group3"]
+    assert null["cre"] == pytest.approx(0.08, abs=0.01) and null["ci_low"] > 0.05
+    assert null["beta_ci_low"] < 0 < null["beta_ci_high"] and null["ols_ci_low"] < 0 < null["ols_ci_high"]
+    assert null["effect"] == "no evidence" and null["n_clusters"] == 40
+    # The groups that do something are read from their main effects (0.02 + 0.08/2 = 0.06 each).
+    assert table.loc[["group1", "group2"], "effect"].tolist() == ["helps", "helps"]
+    np.testing.assert_allclose(table.loc[["group1", "group2"], "beta"], 0.06, atol=0.005)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "its sign does not say whether a group helps" in report
+    assert "means the group helps" not in report and "negative CRE" not in report
+    assert result.identity_facts is not None and result.identity_facts["offset"] == pytest.approx(0.08, abs=0.01)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from metacam.analysis.pipeline import analyze
@@ -147,3 +148,77 @@ def test_headline_cannot_be_shown_with_one_image(tmp_path):
     assert "**Cannot be shown with 1 image** — the exact signed-rank test's smallest two-sided p with 1 image " \
            "is 1.000 ≥ 0.05" in report
     assert "> **Warning:** Only one image carries the data" in report
+
+
+def _planted(root, n_images: int) -> None:
+    """The comparator (group1 + group2) ahead of every single CAM on every image, on every metric: the
+    singles sit 0.04 below it and the per-image noise is a tenth of that."""
+    singles = {m: 0.1 for m in ("group1_cam1", "group1_cam2", "group1_cam3", "group2_cam1", "group2_cam2",
+                                "group2_cam3", "group3_random")}
+    write_synthetic(root, n_images, groups=GROUPS, models=("a",), seed=5, singles=singles, controls={},
+                    effects={"group1": 0.02, "group2": 0.02, "group3": -0.05}, entry_image_sd=0.002,
+                    noise=0.002, auc_noise=0.0005)
+
+
+def test_headline_says_yes_on_eight_images_beaten_every_time(tmp_path):
+    _planted(tmp_path / "data", 8)
+    result = analyze(tmp_path / "data", tmp_path / "out", replicates=300)
+    headline = pd.read_csv(tmp_path / "out" / "headline.csv").set_index("metric")
+    assert (headline["answer"] == "yes").all() and headline["beats_every_single"].all()
+    assert set(headline.index) == {"combined", "deletion", "insertion", "sparseness", "complexity"}
+    assert (headline["n_clusters"] == 8).all() and (headline["singles"] == 6).all()
+    # Every single lost on all 8 images: exact p = 2/2^8 each; no adjustment across the singles.
+    assert result.comparisons is not None
+    singles = result.comparisons[result.comparisons["opponent_kind"] == "single"]
+    assert (singles["wins"] == 8).all() and (singles["test"] == "exact").all()
+    np.testing.assert_allclose(singles["p"], 2 / 2**8)
+    np.testing.assert_allclose(singles["p_adjusted"], singles["p"])
+    assert headline.loc["combined", "p_iut"] == pytest.approx(2 / 2**8)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**Decision rule.** MetaCAM beats every single CAM on a metric when each of its paired comparisons" in report
+    assert "**Yes** — every one of the 6 single CAMs is beaten" in report
+    assert "the study detects a difference of" in report and "detecting the observed difference would take" in report
+
+
+def test_five_images_cannot_show_it_and_the_report_says_how_many_it_needs(tmp_path):
+    _planted(tmp_path / "data", 5)
+    analyze(tmp_path / "data", tmp_path / "out", replicates=300)
+    headline = pd.read_csv(tmp_path / "out" / "headline.csv").set_index("metric")
+    row = headline.loc["combined"]
+    # MetaCAM is ahead on every image, the CIs exclude 0, but 2/2^5 = 0.0625 >= 0.05.
+    assert row["answer"] == "unattainable" and row["closest_ci_low"] > 0
+    assert row["p_floor"] == pytest.approx(0.0625) and row["images_for_rule"] == 6
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert ("**Cannot be shown with 5 images** — the exact signed-rank test's smallest two-sided p with 5 images "
+            "is 0.062 ≥ 0.05, so no comparison can come out *better*; the rule needs at least 6 images") in report
+    assert "**No**" not in report
+
+
+def test_paper_comparison_decomposes_exactly(optimism_run):
+    result, out = optimism_run
+    paper = pd.read_csv(out / "paper_comparison.csv")
+    road = paper[paper["metric"] == "combined"].set_index("single")
+    assert sorted(road.index) == sorted(m for m in SINGLES if m != "group3_random")  # control members excluded
+    parts = road["optimism"] + road["thresholding"] + road["ensembling"]
+    np.testing.assert_allclose(road["paper_gap"], parts, atol=1e-12)
+    # Optimism: the comparator's planted 0.03 at k*, minus the single's at k = 100, which is its own
+    # planted optimism on the units whose k* is 100 (the plain map is then the chosen one).
+    raw = pq.read_table(result.dataset.root).to_pandas()
+    chosen_plain = raw[(raw["kind"] == "single") & raw["is_best_k"]].groupby("method")["k"].apply(
+        lambda k: float((k == 100).mean()))
+    expected = 0.03 - pd.Series({m: OPTIMISM.get(m, 0.0) for m in road.index}) * chosen_plain[road.index]
+    np.testing.assert_allclose(road["optimism"], expected[road.index], atol=1e-6)
+    assert road.loc["group1_cam2", "optimism"] == pytest.approx(0.03, abs=1e-6)
+    # Ensembling is the headline's like-for-like comparison, held-out, adaptive against adaptive.
+    comparisons = pd.read_csv(out / "comparisons.csv")
+    like_for_like = comparisons[comparisons["metric"] == "combined"].set_index("opponent")["mean_difference"]
+    np.testing.assert_allclose(road["ensembling"], like_for_like[road.index], atol=1e-12)
+    # One-draw metrics have no optimism.
+    np.testing.assert_allclose(paper.loc[paper["metric"] == "deletion", "optimism"], 0.0, atol=1e-12)
+    for row in road.itertuples():
+        favourable = {c: getattr(row, c) for c in ("optimism", "thresholding", "ensembling")
+                      if getattr(row, f"{c}_ci_low") > 0}
+        assert row.carried_by == (max(favourable, key=favourable.__getitem__) if favourable else "none")
+    report = (out / "report.md").read_text()
+    first = report[:report.index("## Paired comparisons")]
+    assert "**The paper's comparison**" in first and "| single CAM | paper's gap | optimism |" in first
