@@ -1,19 +1,22 @@
-"""Benchmark `metacam analyze` on a synthetic sweep: 2^G experiments × units (+ single methods, controls).
+"""Benchmark `metacam analyze` on a synthetic sweep: 2^G experiments × units (+ single methods, controls),
+this version against v0.2 (bench/baseline.py) on the same dataset, in one run.
 
     .venv/bin/python bench/analysis.py                         # 6 groups, 2 models × 5,000 images = 10,000 units
     .venv/bin/python bench/analysis.py --ks 5:100:5            # the full default 20-point k grid
-    .venv/bin/python bench/analysis.py --groups 10 --images 100 --targets 2
+    .venv/bin/python bench/analysis.py --groups 10 --images 100 --targets 2 --no-baseline
     .venv/bin/python bench/analysis.py --images 1000 --interactions
 
-Prints the time to write the dataset (not part of the analysis), the analysis's
-CPU time (the honest figure on a shared machine) and its wall time, split into
-reading, computing (bootstrap, CRE, OLS, paired tests, study tables) and
-writing outputs. Name the CPU (/proc/cpuinfo) beside any number you quote.
+Prints the time to write the dataset (not part of the analysis), then for v0.2's analysis
+(a subprocess importing the old tree) and this one (in this process): CPU time (the honest
+figure on a shared machine) and wall time, split into reading, computing (bootstrap, CRE,
+OLS, paired tests, selection, study tables) and writing outputs, and the ratio this / v0.2
+(goal: within 1.5×). Each is the best of --repeat runs. Name the CPU beside any number you quote.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -24,12 +27,39 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's helpers, after the packages
+
+from baseline import BASELINE, run_json  # noqa: E402
+
 from metacam.analysis.dataset import load_dataset  # noqa: E402
+from metacam.analysis.metrics import DEFAULT_METRIC  # noqa: E402
 from metacam.analysis.pipeline import compute  # noqa: E402
 from metacam.analysis.report import write_outputs  # noqa: E402
 from metacam.analysis.scores import parse_score  # noqa: E402
 from metacam.analysis.settings import DEFAULT_REPLICATES  # noqa: E402
 from metacam.analysis.synthetic import make_groups, write_synthetic  # noqa: E402
+
+# v0.2's analysis of the same folder, timed like ours; its API: load_dataset, compute, write_outputs.
+BEFORE = """
+import json, time
+from pathlib import Path
+from metacam.analysis.dataset import load_dataset
+from metacam.analysis.pipeline import compute
+from metacam.analysis.report import write_outputs
+from metacam.analysis.scores import parse_score
+root, out = Path({root!r}), Path({out!r})
+cpu = time.process_time()
+t0 = time.perf_counter()
+dataset = load_dataset(root, keep_k=(100.0,), exclude=[out, root / "analysis"])
+t1 = time.perf_counter()
+result = compute(dataset, parse_score("adaptive"), interactions={interactions}, out_dir=out, replicates={replicates})
+t2 = time.perf_counter()
+out.mkdir(parents=True, exist_ok=True)
+write_outputs(result)
+t3 = time.perf_counter()
+print(json.dumps(dict(cpu=time.process_time() - cpu, wall=t3 - t0, read=t1 - t0, compute=t2 - t1, write=t3 - t2,
+                      clusters=dataset.n_clusters)))
+"""
 
 
 def parse_ks(text: str) -> tuple[float, ...]:
@@ -50,6 +80,29 @@ def cpu_name() -> str:
     return "unknown CPU"
 
 
+def measure(root: Path, out: Path, interactions: bool, replicates: int) -> dict:
+    """This version's analysis of ``root`` into ``out``: seconds (cpu, wall, read, compute, write) and sizes."""
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    dataset = load_dataset(root, keep_k=(100.0,), exclude=[out, root / "analysis-before"])
+    t1 = time.perf_counter()
+    spec = parse_score("adaptive", dataset.metric(DEFAULT_METRIC))
+    result = compute(dataset, spec, interactions=interactions, out_dir=out, replicates=replicates)
+    t2 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    write_outputs(result)
+    t3 = time.perf_counter()
+    return dict(cpu=time.process_time() - cpu0, wall=t3 - t0, read=t1 - t0, compute=t2 - t1, write=t3 - t2,
+                clusters=dataset.n_clusters, rows=len(dataset.rows), ols=result.fit.n_obs if result.fit else 0,
+                metrics=len(result.headline) if result.headline is not None else 0)
+
+
+def line(name: str, t: dict, replicates: int) -> str:
+    return (f"{name}: CPU {t['cpu']:.2f} s, wall {t['wall']:.2f} s (read {t['read']:.2f} s, compute "
+            f"{t['compute']:.2f} s [{replicates} bootstrap replicates over {t['clusters']:,} clusters], write "
+            f"{t['write']:.2f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=6, help="number of groups G (2^G experiments)")
@@ -59,6 +112,9 @@ def main() -> None:
     parser.add_argument("--ks", type=parse_ks, default=(25.0, 50.0, 75.0, 100.0))
     parser.add_argument("--interactions", action="store_true")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each analysis; the best is reported")
+    parser.add_argument("--no-baseline", action="store_true", help="time this version only")
+    parser.add_argument("--baseline", default=BASELINE, help=f"the revision to compare with (default {BASELINE})")
     parser.add_argument("--dir", type=Path, default=None, help="keep the dataset here (default: a temp dir)")
     args = parser.parse_args()
 
@@ -78,25 +134,22 @@ def main() -> None:
         print(f"dataset: {units:,} units ({args.models} models × {args.images:,} images × {args.targets} targets) × "
               f"{groups.n_combos} experiments + singles + controls × {len(args.ks)} k = {rows:,} rows, "
               f"{len(files)} files, {size:.0f} MiB, written in {written:.1f} s")
-
-        spec = parse_score("adaptive")
-        out = root / "analysis"
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        dataset = load_dataset(root, keep_k=(100.0,), exclude=[out])
-        t1 = time.perf_counter()
-        result = compute(dataset, spec, interactions=args.interactions, out_dir=out, replicates=args.bootstrap)
-        t2 = time.perf_counter()
-        out.mkdir(parents=True, exist_ok=True)
-        write_outputs(result)
-        t3 = time.perf_counter()
-        cpu = time.process_time() - cpu0
-        print(f"analysis CPU time: {cpu:.2f} s (this process; on a shared machine wall time also counts waiting)")
-        print(f"analysis wall time: {t3 - t0:.2f} s  (read {t1 - t0:.2f} s, compute {t2 - t1:.2f} s "
-              f"[{args.bootstrap} bootstrap replicates over {dataset.n_clusters:,} clusters, CRE, OLS"
-              f"{' + interactions' if args.interactions else ''}, paired tests, study tables], "
-              f"write tables/figures/report {t3 - t2:.2f} s)")
-        print(f"rows kept for scoring: {len(dataset.rows):,}; OLS rows: {result.fit.n_obs if result.fit else 0:,}")
+        before = None
+        if not args.no_baseline:
+            code = BEFORE.format(root=str(root), out=str(root / "analysis-before"), interactions=args.interactions,
+                                 replicates=args.bootstrap)
+            runs = [run_json(code, args.baseline) for _ in range(args.repeat)]
+            before = min(runs, key=lambda t: t["cpu"])  # type: ignore[index]
+            print(line(f"v0.2 ({args.baseline}, subprocess)", before, args.bootstrap))  # type: ignore[arg-type]
+        after = min((measure(root, root / "analysis", args.interactions, args.bootstrap) for _ in range(args.repeat)),
+                    key=lambda t: t["cpu"])
+        print(line("this version", after, args.bootstrap))
+        print(f"this version: {after['rows']:,} rows kept for scoring, {after['ols']:,} OLS rows, "
+              f"{after['metrics']} headline metrics")
+        if before is not None:
+            print(f"ratio this / v0.2: CPU {after['cpu'] / before['cpu']:.2f}×, wall {after['wall'] / before['wall']:.2f}× "
+                  f"(goal ≤ 1.5×)")
+        print(json.dumps({"before": before, "after": after}))
 
 
 if __name__ == "__main__":
