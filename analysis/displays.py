@@ -81,7 +81,7 @@ def _cre(t: pd.DataFrame, sign: int) -> pd.DataFrame:
         "Holm p": [fmt_p(v) for v in t["ols_p_holm"]], "effect": t["effect"],
         "per-unit CRE median [IQR]": [f"{m:.3f} [{a:.3f}, {b:.3f}]" for m, a, b in
                                       zip(t["unit_cre_median"], t["unit_cre_q25"], t["unit_cre_q75"], strict=True)],
-        ("units CRE > 0" if sign > 0 else "units CRE < 0"): [fmt_share(v) for v in t["unit_share_helps"]],
+        ("units CRE > 0" if sign > 0 else "units CRE < 0"): [fmt_share(v) for v in t["unit_share_favourable"]],
     })
 
 

@@ -185,8 +185,9 @@ def _cluster_warnings(result: AnalysisResult, parts: list[Subset]) -> None:
             f"Only {n} images (clusters) carry the data: with fewer than {MIN_CLUSTERS} clusters, "
             "cluster-robust inference is fragile. Paired comparisons use the t interval and the exact "
             "signed-rank test over images; CIs of means use the cluster bootstrap's standard error with the "
-            "small-sample t(C−1) correction; factorial effects use CR2 standard errors with Bell–McCaffrey "
-            "degrees of freedom. Treat p-values near 0.05 as inconclusive, and add images.")
+            "small-sample t correction (Bell–McCaffrey degrees of freedom where images hold unequal numbers of "
+            "units); factorial effects use CR2 standard errors with Bell–McCaffrey degrees of freedom. Treat "
+            "p-values near 0.05 as inconclusive, and add images.")
     small = few_cluster_subsets(parts)
     if small:
         listed = ", ".join(f"{p.label} ({p.n_clusters})" for p in small[:6]) + (" ..." if len(small) > 6 else "")
@@ -253,7 +254,7 @@ def _cre_table(result: AnalysisResult) -> pd.DataFrame:
         "unit_cre_median": per_unit[names].median().to_numpy(),
         "unit_cre_q25": per_unit[names].quantile(0.25).to_numpy(),
         "unit_cre_q75": per_unit[names].quantile(0.75).to_numpy(),
-        "unit_share_helps": (sign * per_unit[names] > 0).mean().to_numpy(),
+        "unit_share_favourable": (sign * per_unit[names] > 0).mean().to_numpy(),
     })
 
 

@@ -97,15 +97,15 @@ def plot_cre(curves: pd.DataFrame, cre_values: pd.Series, spec: ScoreSpec, n_uni
     ax_on = figure.add_subplot(grid[2], sharex=ax_res)
 
     residual = curves["residual"].to_numpy()
-    helps = spec.sign * residual > 0
-    ax_res.bar(x, residual, width=0.8, color=np.where(helps, "#4C9A2A", "#B0B0B0"))
+    above = spec.sign * residual > 0  # experiments better than the median
+    ax_res.bar(x, residual, width=0.8, color=np.where(above, "#4C9A2A", "#B0B0B0"))
     ax_res.axhline(0, color="black", lw=0.8)
     ax_res.set_ylabel("$r_e = s_e - $median", fontsize=9)
     ax_res.tick_params(labelbottom=False, labelsize=8)
     ax_res.grid(axis="y", alpha=0.3)
 
     # Where residuals change sign (best-first order): curves peak there.
-    split = int(helps.sum())
+    split = int(above.sum())
     if 0 < split < n:
         for axis in (ax_res, ax, ax_on):
             axis.axvline(split + 0.5, color="black", lw=0.8, ls=":", alpha=0.6)

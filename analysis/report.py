@@ -140,12 +140,18 @@ def _dataset_lines(result: AnalysisResult) -> list[str]:
         f"- Score: {result.spec.label}, {result.spec.direction}; s_e = mean over units. Paired comparisons: per-image "
         f"means, t interval and Wilcoxon signed-rank over images. Other CIs: {LEVEL:.0%}, cluster bootstrap over "
         f"images with {result.replicates} replicates (seed {result.seed}), bootstrap SE with the "
-        "t(C−1)·sqrt(C/(C−1)) small-sample correction.",
+        "t(df)·sqrt(C/(C−1)) small-sample correction, df = C − 1 or fewer (Bell–McCaffrey) for unequal images.",
     ]
 
 
 def _section(title: str, *body: str) -> list[str]:
     return [f"## {title}\n", *body]
+
+
+def _table_section(result: AnalysisResult, stem: str, title: str, text: str) -> list[str]:
+    """A section of ``text`` and the table ``stem.md``, if the data allowed the table."""
+    table = result.files.get(f"{stem}.md")
+    return [] if table is None else _section(title, text, table.read_text())
 
 
 def _cre_text(result: AnalysisResult) -> str:
@@ -171,39 +177,32 @@ def _report(result: AnalysisResult) -> str:
     parts += _section(f"Answer ({title}): does MetaCAM beat every single CAM?", "\n".join(answer_lines(result)) + "\n")
     if "headline.md" in files:
         parts.append(files["headline.md"].read_text())
-    if "comparisons.md" in files:
-        parts += _section(
-            "Paired comparisons",
-            "MetaCAM comparator minus each opponent, paired by image: each image's differences averaged over its "
-            "models and targets, then the t interval and the two-sided Wilcoxon signed-rank test over images (test "
-            "method per row; its smallest attainable p is p_floor in the CSV). Adjusted p: none for the single "
-            "CAMs (intersection–union), Holm within the controls. mde = the difference detectable with 80% power "
-            "at this many images and this spread; n_needed = images needed to detect the observed difference "
-            f"(blank when it is not in MetaCAM's favour). All rows: {_link(result, 'comparisons.csv')}.\n",
-            files["comparisons.md"].read_text())
-    if "paper_comparison.md" in files:
-        parts += _section(
-            "The paper's comparison, decomposed",
-            "In-sample adaptive MetaCAM minus each single CAM plain (k = 100), as the paper scored it, split "
-            "exactly into optimism + thresholding + ensembling (each with its CI over images); *carried by* names "
-            "the component with the largest favourable mean among those whose CI excludes 0. A metric with one "
-            f"draw has no optimism (0 by construction). All rows: {_link(result, 'paper_comparison.csv')}.\n",
-            files["paper_comparison.md"].read_text())
-    if "selection.md" in files:
-        parts += _section(
-            "Choosing the best combination out of sample",
-            f"Cross-validation over images ({result.folds} folds, seed {result.fold_seed}; leave-one-out below 10 "
-            "images): on the other folds' images the best combination (combo 0 excluded) and, the same way, the "
-            "best single CAM are chosen; both are scored on the fold's own images; pooled, the two are compared "
-            f"paired by image. Per fold: {_link(result, 'selection_folds.csv')}.\n",
-            files["selection.md"].read_text())
-    if "gain_split.md" in files:
-        parts += _section(
-            "Where the gain comes from: ensembling and thresholding",
-            "Ensembling = MetaCAM plain − best single plain; thresholding = MetaCAM adaptive − MetaCAM plain; they "
-            "add up to the total on the units that have all four scores. The best single is chosen out of sample "
-            "for every metric: each image is compared with the single whose plain score is best on the other "
-            "folds' images. Held-out unless --in-sample.\n", files["gain_split.md"].read_text())
+    parts += _table_section(
+        result, "comparisons", "Paired comparisons",
+        "MetaCAM comparator minus each opponent, paired by image: each image's differences averaged over its "
+        "models and targets, then the t interval and the two-sided Wilcoxon signed-rank test over images (test "
+        "method per row; its smallest attainable p is p_floor in the CSV). Adjusted p: none for the single "
+        "CAMs (intersection–union), Holm within the controls. mde = the difference detectable with 80% power "
+        "at this many images and this spread; n_needed = images needed to detect the observed difference "
+        f"(blank when it is not in MetaCAM's favour). All rows: {_link(result, 'comparisons.csv')}.\n")
+    parts += _table_section(
+        result, "paper_comparison", "The paper's comparison, decomposed",
+        "In-sample adaptive MetaCAM minus each single CAM plain (k = 100), as the paper scored it, split "
+        "exactly into optimism + thresholding + ensembling (each with its CI over images); *carried by* names "
+        "the component with the largest favourable mean among those whose CI excludes 0. A metric with one "
+        f"draw has no optimism (0 by construction). All rows: {_link(result, 'paper_comparison.csv')}.\n")
+    parts += _table_section(
+        result, "selection", "Choosing the best combination out of sample",
+        f"Cross-validation over images ({result.folds} folds, seed {result.fold_seed}; leave-one-out below 10 "
+        "images): on the other folds' images the best combination (combo 0 excluded) and, the same way, the "
+        "best single CAM are chosen; both are scored on the fold's own images; pooled, the two are compared "
+        f"paired by image. Per fold: {_link(result, 'selection_folds.csv')}.\n")
+    parts += _table_section(
+        result, "gain_split", "Where the gain comes from: ensembling and thresholding",
+        "Ensembling = MetaCAM plain − best single plain; thresholding = MetaCAM adaptive − MetaCAM plain; they "
+        "add up to the total on the units that have all four scores. The best single is chosen out of sample "
+        "for every metric: each image is compared with the single whose plain score is best on the other "
+        "folds' images. Held-out unless --in-sample.\n")
     if "optimism.md" in files and result.optimism_spec is not None:
         parts += _section(
             "Optimism of in-sample scores",

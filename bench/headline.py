@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from road import cpu_name  # noqa: E402
 
+from metacam.analysis.design import CONTROL  # noqa: E402
 from metacam.analysis.tables import fmt_ci, fmt_p  # noqa: E402
 
 COMBOS = "1,2,4,8,16,31,32,63"
@@ -69,7 +70,7 @@ def summarise(analysis: Path) -> list[str]:
             f"largest p {fmt_p(row.p_iut)}); closest {row.closest_single} "
             f"{fmt_ci(row.closest_difference, row.closest_ci_low, row.closest_ci_high, 4)}, p {fmt_p(row.closest_p)}, "
             f"mde {row.closest_mde:.4f}, n_needed {_count(row.closest_n_needed)}")
-        controls = comparisons[(comparisons["metric"] == row.metric) & (comparisons["opponent_kind"] == "control")]
+        controls = comparisons[(comparisons["metric"] == row.metric) & (comparisons["opponent_kind"] == CONTROL)]
         for c in controls.itertuples():
             lines.append(f"    vs {c.opponent}: {fmt_ci(c.mean_difference, c.ci_low, c.ci_high, 4)}, "
                          f"images W/T/L {c.wins}/{c.ties}/{c.losses}, Holm p {fmt_p(c.p_adjusted)} ({c.verdict})")
@@ -95,8 +96,8 @@ def summarise(analysis: Path) -> list[str]:
     if gains.exists():
         for r in pd.read_csv(gains).itertuples():
             if r.metric == headline["metric"].iloc[0] and r.component in ("thresholding", "ensembling"):
-                lines.append(f"{r.component} ({r.contrast}; {r.best_single}): "
-                             f"{fmt_ci(r.mean_difference, r.ci_low, r.ci_high, 4)}")
+                chosen = f"; {r.best_single}" if r.component == "ensembling" else ""
+                lines.append(f"{r.component} ({r.contrast}{chosen}): {fmt_ci(r.mean_difference, r.ci_low, r.ci_high, 4)}")
     return lines
 
 
