@@ -70,11 +70,14 @@ def _metric_line(result: AnalysisResult, row: pd.Series) -> str:
                  if np.isfinite(needed) else
                  "no number of images would show MetaCAM ahead of it at the observed difference (it is not "
                  "in MetaCAM's favour)")
+    detects = (f"with {n} images and this spread (sd of the per-image differences "
+               f"{_number(row['closest_sd'], 3)}) the study detects a difference of {_number(row['closest_mde'], 3)} "
+               f"with {POWER:.0%} power" if np.isfinite(row["closest_mde"]) else
+               f"with {n} image{'' if n == 1 else 's'} no difference is detectable (the test needs at least "
+               f"{int(row['images_for_rule'])})")
     text += (f" Closest single: {row['closest_single']}, MetaCAM − it = "
              f"{fmt_ci(row['closest_difference'], row['closest_ci_low'], row['closest_ci_high'], 4)}, "
-             f"p = {fmt_p(row['closest_p'])}. Power: with {n} images and this spread (sd of the per-image "
-             f"differences {_number(row['closest_sd'], 3)}) the study detects a difference of "
-             f"{_number(row['closest_mde'], 3)} with {POWER:.0%} power; {need_text}.")
+             f"p = {fmt_p(row['closest_p'])}. Power: {detects}; {need_text}.")
     return head + text + _controls_text(rows, row)
 
 

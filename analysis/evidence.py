@@ -111,14 +111,14 @@ def metacam_vs_single(chosen: list[Entry], by_mode: dict[str, Scores | None], cl
 
     Returns:
         entry, kind, combo_id, then per mode: <mode>_mean, <mode>_ci_low,
-        <mode>_ci_high, <mode>_n (units); NaN where a mode is unavailable.
+        <mode>_ci_high, <mode>_n (units), <mode>_n_clusters (images); NaN where a mode is unavailable.
     """
     table = pd.DataFrame({"entry": [e.label for e in chosen],
                           "kind": [e.kind + (" (control group)" if e.role == "control member" else "") for e in chosen],
                           "combo_id": pd.array([e.combo_id for e in chosen], dtype="Int64")})
     for mode, scores in by_mode.items():
         if scores is None:
-            for suffix in ("mean", "ci_low", "ci_high", "n"):
+            for suffix in ("mean", "ci_low", "ci_high", "n", "n_clusters"):
                 table[f"{mode}_{suffix}"] = np.nan
             continue
         values = entry_matrix(scores, chosen, len(clusters))
@@ -128,6 +128,7 @@ def metacam_vs_single(chosen: list[Entry], by_mode: dict[str, Scores | None], cl
         table[f"{mode}_ci_low"] = low
         table[f"{mode}_ci_high"] = high
         table[f"{mode}_n"] = (~np.isnan(values)).sum(axis=0)
+        table[f"{mode}_n_clusters"] = estimate.n_clusters
     return table
 
 
@@ -284,7 +285,7 @@ def optimism_table(in_sample: dict[str, Scores], heldout: dict[str, Scores], gro
 
     Returns:
         One row per entry (every combination, single and control): kind, entry,
-        combo_id, n_units, in_sample_mean, heldout_mean (k* rows), optimism,
+        combo_id, n_units, n_clusters (images), in_sample_mean, heldout_mean (k* rows), optimism,
         optimism_ci_low, optimism_ci_high, plain_gap, excess, excess_ci_low,
         excess_ci_high. MetaCAM rows first (comparator, then by combo_id).
     """
@@ -315,6 +316,7 @@ def optimism_table(in_sample: dict[str, Scores], heldout: dict[str, Scores], gro
         "entry": [("MetaCAM comparator: " if e.role == "comparator" else "") + e.label for e in everything],
         "combo_id": pd.array([e.combo_id for e in everything], dtype="Int64"),
         "n_units": (~np.isnan(optimism)).sum(axis=0),
+        "n_clusters": both.n_clusters[:k],
         "in_sample_mean": in_mean,
         "heldout_mean": out_mean,
         "optimism": both.point[:k],

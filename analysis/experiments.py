@@ -74,7 +74,7 @@ def experiment_table(estimates: ExperimentEstimates, metacam: pd.DataFrame, grou
 
     Returns:
         Columns rank, combo_id, method, groups_on, one 0/1 column per group flag
-        (g_<group>), mean, ci_low, ci_high (cluster bootstrap), n_units,
+        (g_<group>), mean, ci_low, ci_high (cluster bootstrap), n_units, n_clusters (images),
         residual (mean − median of means), rank_low, rank_high (95% percentile
         interval of the bootstrap rank).
     """
@@ -92,6 +92,7 @@ def experiment_table(estimates: ExperimentEstimates, metacam: pd.DataFrame, grou
         "ci_low": low,
         "ci_high": high,
         "n_units": n_units,
+        "n_clusters": means.n_clusters,
         "residual": means.point - np.median(means.point),
         "rank_low": rank_low,
         "rank_high": rank_high,

@@ -63,7 +63,7 @@ class FactorialFit:
     Attributes:
         effects: one row per group term: term (``g_a`` or ``g_a:g_b``), label
             (``a``, ``a × b``), kind (``main``/``interaction``), estimate,
-            std_err, df, ci_low, ci_high, p_value, p_holm (within its kind).
+            std_err, df, ci_low, ci_high, p_value, p_holm (within its kind), n_clusters (images).
         intercept: predicted score of combo 0 for the first model and rank (0/1 coding),
             or the mean over experiments for them (centred coding).
         formula: the model fitted, in formula notation.
@@ -304,6 +304,7 @@ def fit_factorial(metacam: pd.DataFrame, units: pd.DataFrame, names: Sequence[st
         "p_value": fit.p_value[0, offset:],
     })
     effects["p_holm"] = holm_within(effects["p_value"], effects["kind"])
+    effects["n_clusters"] = design.n_clusters
     formula = "score ~ " + " + ".join(design.fixed + terms)
     return FactorialFit(
         effects=effects, intercept=float(fit.estimate[0, 0]), formula=formula, inference=fit.inference,

@@ -103,7 +103,7 @@ def effects_by(parts: list[Subset], groups: GroupSet, interactions: bool) -> pd.
         if part.metacam["combo_id"].nunique() < 2:
             continue
         fit = fit_factorial(part.metacam, part.units, groups.names, interactions=interactions)
-        effects = fit.effects.copy()
+        effects = fit.effects.drop(columns="n_clusters")
         for position, (column, value) in enumerate(((part.dimension, part.value), ("n_units", fit.n_units),
                                                     ("n_clusters", fit.n_clusters), ("inference", fit.inference))):
             effects.insert(position, column, value)

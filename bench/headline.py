@@ -58,6 +58,10 @@ def _count(value: float) -> str:
     return "n/a" if pd.isna(value) else f"{int(value)}"
 
 
+def _number(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.4f}"
+
+
 def summarise(analysis: Path) -> list[str]:
     """What the README's headline section needs, from one analysis folder's CSV files."""
     lines = []
@@ -69,7 +73,7 @@ def summarise(analysis: Path) -> list[str]:
             f"{row.score}: beats every single CAM? {row.answer} ({row.singles_beaten} of {row.singles} beaten, "
             f"largest p {fmt_p(row.p_iut)}); closest {row.closest_single} "
             f"{fmt_ci(row.closest_difference, row.closest_ci_low, row.closest_ci_high, 4)}, p {fmt_p(row.closest_p)}, "
-            f"mde {row.closest_mde:.4f}, n_needed {_count(row.closest_n_needed)}")
+            f"mde {_number(row.closest_mde)}, n_needed {_count(row.closest_n_needed)}")
         controls = comparisons[(comparisons["metric"] == row.metric) & (comparisons["opponent_kind"] == CONTROL)]
         for c in controls.itertuples():
             lines.append(f"    vs {c.opponent}: {fmt_ci(c.mean_difference, c.ci_low, c.ci_high, 4)}, "
