@@ -15,7 +15,7 @@ from metacam.analysis.answer import answer_lines
 from metacam.analysis.displays import write_tables
 from metacam.analysis.outputs import OUTPUTS
 from metacam.analysis.settings import ALPHA, LEVEL, MIN_CLUSTERS
-from metacam.analysis.tables import fmt_ci, fmt_p, id_ranges
+from metacam.analysis.tables import fmt, fmt_ci, fmt_p, id_ranges
 
 if TYPE_CHECKING:
     from metacam.analysis.pipeline import AnalysisResult
@@ -309,7 +309,7 @@ def summary_text(result: AnalysisResult) -> str:
             lines.append(f"{row.score}: beats every single CAM? {row.answer} ({row.singles_beaten}/{row.singles} "
                          f"beaten, {row.n_clusters} images), {row.controls_beaten}/{row.controls} controls; closest "
                          f"{row.closest_single} {fmt_ci(row.closest_difference, row.closest_ci_low, row.closest_ci_high, 4)}"
-                         f" p {fmt_p(row.closest_p)}, mde {row.closest_mde:.3g}, n_needed {needed}")
+                         f" p {fmt_p(row.closest_p)}, mde {fmt(row.closest_mde, 4)}, n_needed {needed}")
     if result.selection is not None:
         for row in result.selection.itertuples(index=False):
             lines.append(f"{row.score}, chosen out of sample ({row.fold_rule}): combination − single "

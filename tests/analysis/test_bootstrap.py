@@ -69,7 +69,7 @@ def _mean_coverage(n_clusters: int, percentile: bool = False) -> float:
     clusters = np.repeat(np.arange(n_clusters), TARGETS)
     covered = 0
     for r in range(SIMULATIONS):
-        # truth 0.1; a shared (model, image) effect and a per-target effect, like ROAD differences
+        # truth 0.1; a shared image effect and a per-target effect, like ROAD differences
         values = 0.1 + np.repeat(rng.normal(0, 0.1, n_clusters), TARGETS) + rng.normal(0, 0.05, len(clusters))
         estimate = ClusterBootstrap.draw(n_clusters, REPLICATES, (n_clusters, r)).means(values, clusters)
         low, high = estimate.percentile_interval() if percentile else estimate.interval()
@@ -107,3 +107,37 @@ def test_cre_interval_coverage(n_clusters):
     coverage = covered / SIMULATIONS
     # Measured: about 0.94 per group at 10 and at 50 clusters.
     assert ((0.93 <= coverage) & (coverage <= 0.97)).all(), coverage
+
+
+def test_mean_degrees_of_freedom_are_bell_mccaffreys():
+    # The intercept-only model's CR2 degrees of freedom, from the dense G'G of Imbens & Kolesár (eq. 9):
+    # G's column g = (I − H)[:, g] A_g 1_g / N with A_g = (I − H_gg)^{-1/2}, H = 11'/N.
+    from scipy import linalg
+
+    from metacam.analysis.bootstrap import mean_df
+
+    sizes = np.array([3, 6, 9, 3, 6, 9, 3, 6, 9, 3])
+    clusters = np.repeat(np.arange(len(sizes)), sizes)
+    n = len(clusters)
+    residual_maker = np.eye(n) - np.full((n, n), 1 / n)
+    columns = []
+    for g in range(len(sizes)):
+        rows = clusters == g
+        adjust = linalg.inv(linalg.sqrtm(np.eye(rows.sum()) - np.full((rows.sum(),) * 2, 1 / n))).real
+        padded = np.zeros(n)
+        padded[rows] = adjust @ np.full(rows.sum(), 1 / n)
+        columns.append(residual_maker @ padded)
+    eigenvalues = np.linalg.eigvalsh(np.column_stack(columns).T @ np.column_stack(columns))
+    dense = eigenvalues.sum() ** 2 / (eigenvalues**2).sum()
+    counts = np.column_stack([sizes, np.full(10, 4), np.r_[sizes[:9], 0]])  # unequal, equal, one image absent
+    df = mean_df(counts)
+    assert df[0] == pytest.approx(dense, rel=1e-10) and df[0] < 9
+    assert df[1] == pytest.approx(9.0) and df[2] < 8
+    assert np.isnan(mean_df(np.array([[5], [0]]))[0])  # one cluster: no interval
+    # The bootstrap's interval uses them: wider than t(C − 1) for the unequal clusters.
+    boot = ClusterBootstrap.draw(10, 500, seed=2)
+    values = np.random.default_rng(0).normal(size=len(clusters))
+    estimate = boot.means(values, clusters)
+    low, high = estimate.interval()
+    low_c, high_c = t_interval(estimate.point, estimate.replicates, estimate.n_clusters)
+    assert estimate.df is not None and (high - low)[0] > (high_c - low_c)[0]
