@@ -190,14 +190,17 @@ def headline(comparisons: pd.DataFrame, signs: dict[str, int], alpha: float = AL
         controls = table[table["opponent_kind"] == CONTROL]
         beaten = int((singles["verdict"] == "better").sum())
         worse = int((singles["verdict"] == "worse").sum())
-        floor = float(singles["p_floor"].max()) if len(singles) else np.nan
+        # The largest smallest-attainable p; a single equal to the comparator on every image has none
+        # (no images would separate them: that is "not shown", not a matter of sample size).
+        floors = singles["p_floor"].dropna()
+        floor = float(floors.max()) if len(floors) else np.nan
         if not len(singles):
-            answer = "not shown"
+            answer = ANSWERS[2]
         elif beaten == len(singles):
             answer = ANSWERS[0]
         elif worse:
             answer = ANSWERS[1]
-        elif not floor < alpha:  # NaN (no differences) counts as unattainable too
+        elif floor >= alpha:
             answer = ANSWERS[3]
         else:
             answer = ANSWERS[2]

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from metacam.analysis.evidence import headline
 from metacam.analysis.pipeline import analyze
 from metacam.analysis.synthetic import make_groups, write_synthetic
 from tests.analysis.helpers import write_hand
@@ -222,3 +223,25 @@ def test_paper_comparison_decomposes_exactly(optimism_run):
     report = (out / "report.md").read_text()
     first = report[:report.index("## Paired comparisons")]
     assert "**The paper's comparison**" in first and "| single CAM | paper's gap | optimism |" in first
+
+
+def test_headline_answers_by_hand():
+    def table(verdicts, floors, ps):
+        k = len(verdicts)
+        return pd.DataFrame({
+            "metric": "m", "score": "s", "opponent_kind": "single", "opponent": [f"cam{i}" for i in range(k)],
+            "n_clusters": 8, "verdict": verdicts, "p_floor": floors, "p": ps, "mean_difference": np.arange(k) + 1.0,
+            "ci_low": 0.5, "ci_high": 2.0, "sd": 1.0, "mde": 0.5, "n_needed": 9.0})
+
+    def answer(*args):
+        return headline(table(*args), {"m": 1}).iloc[0]
+
+    assert answer(["better"] * 2, [0.008, 0.008], [0.008, 0.01])["answer"] == "yes"
+    row = answer(["better", "worse"], [0.008, 0.008], [0.008, 0.01])
+    assert row["answer"] == "no" and row["singles_worse"] == 1 and row["p_iut"] == 0.01
+    assert answer(["better", "no clear difference"], [0.008, 0.008], [0.008, 0.3])["answer"] == "not shown"
+    row = answer(["no clear difference"] * 2, [0.0625, 0.0625], [0.0625, 0.0625])
+    assert row["answer"] == "unattainable" and row["images_for_rule"] == 6
+    # A single equal to the comparator on every image (no non-zero difference, no p): not a sample-size matter.
+    assert answer(["better", "no clear difference"], [0.008, np.nan], [0.008, np.nan])["answer"] == "not shown"
+    assert answer(["better"], [0.008], [0.008])["closest_single"] == "cam0"
