@@ -30,7 +30,6 @@ from metacam.sweep import (
     JobSpec,
     build,
     load_bundle,
-    manifest,
     model_key,
     study_id,
     validate,
@@ -147,8 +146,9 @@ def plan_sweep(overrides: list[str], config_dirs: list[str] = ()) -> SweepPlan:
                     max_array = cfg.slurm.max_array_size
         except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
             raise MetaCAMError(_first_line(error)) from None
-        job = validate(spec)
+        validate(spec)  # groups, settings, the data's layout: before loading any model
         bundle = load_bundle(replace(spec, device="cpu"))  # unknown model, weights or layer: now
+        job = validate(spec, bundle.categories)  # every label maps to one of the model's classes
         job.targets.check_classes(len(bundle.categories))
         specs.append(spec)
     groups = validate(specs[0]).groups
@@ -165,8 +165,7 @@ def write_manifests(plan: SweepPlan) -> None:
     """Record what each (model, shard) of the study must produce (for `metacam status`)."""
     for spec in plan.variants:
         bundle = load_bundle(replace(spec, device="cpu"))
-        write_manifest(manifest(validate(spec), model_key(spec.model), bundle.target_layer_name),
-                       spec.results_dir)
+        write_manifest(validate(spec), model_key(spec.model), bundle.target_layer_name)
 
 
 def _first_line(error: BaseException) -> str:

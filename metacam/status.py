@@ -85,7 +85,7 @@ class StudyStatus:
 def _manifests(root: Path) -> list[dict]:
     folder = root / MANIFEST_DIR
     records = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for path in sorted(folder.glob("*.shard-*-of-*.json")) if folder.is_dir() else []:
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError):
