@@ -27,6 +27,11 @@ def is_complete(path: Path) -> bool:
     return all(name in names for name in REQUIRED_COLUMNS)
 
 
+def dataset_files(results_dir: str | Path) -> list[Path]:
+    """placeholder until compaction lands"""
+    return result_files(results_dir)
+
+
 def result_files(results_dir: str | Path) -> list[Path]:
     """The finished unit files under a results folder (temporary files excluded)."""
     root = Path(results_dir)
