@@ -66,7 +66,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
 
 from metacam.errors import MetaCAMError
 from metacam.experiments.plan import SweepPlan
-from metacam.results import is_complete
+from metacam.results import Snapshot
 from metacam.sweep import JobReport, JobSpec, experiments_of, manifest, model_key, run_job, validate
 from metacam.sweep.design import MANIFEST_DIR, manifest_path
 
@@ -267,28 +267,12 @@ def study_tasks(plan: SweepPlan) -> list[Task]:
     return list(tasks.values())
 
 
-class _Listing:
-    """Folder contents, listed once per check (one scandir per experiment folder, not one
-    stat per file)."""
-
-    def __init__(self) -> None:
-        self._names: dict[Path, frozenset[str]] = {}
-
-    def has(self, path: Path) -> bool:
-        names = self._names.get(path.parent)
-        if names is None:
-            try:
-                names = frozenset(entry.name for entry in os.scandir(path.parent))
-            except OSError:
-                names = frozenset()
-            self._names[path.parent] = names
-        return path.name in names
-
-
-def task_done(task: Task, listing: _Listing | None = None) -> bool:
-    """Every result file of the task is there and complete (an empty shard is done)."""
-    listing = listing or _Listing()
-    return all(listing.has(p) for p in task.files) and all(is_complete(p) for p in task.files)
+def task_done(task: Task, listing: Snapshot | None = None) -> bool:
+    """Every result file of the task is there and complete, or merged into a compacted
+    part (an empty shard is done). listing: folders listed once per check (one scandir
+    per experiment folder, not one stat per file)."""
+    listing = listing or Snapshot()
+    return all(listing.has(p) for p in task.files) and all(listing.complete(p) for p in task.files)
 
 
 # ---- the submissions log and squeue ------------------------------------------------------------
@@ -491,7 +475,7 @@ def submit(plan: SweepPlan, detach: bool, *, run: Runner = _run,
     divide_parallelism(256 if total is None else int(total), [1])  # refuse P < 1 now
     started = time.perf_counter()
     tasks = study_tasks(plan)
-    listing = _Listing()
+    listing = Snapshot()
     done = {(t.results_dir, t.key) for t in tasks if task_done(t, listing)}
     queued = {}
     for results_dir in dict.fromkeys(t.results_dir for t in tasks):
@@ -569,14 +553,14 @@ def wait_for(tasks: list[Task], *, run: Runner = _run, poll_seconds: float = POL
         while True:
             queued = {(d, key): job for d in results
                       for key, job in in_flight(read_submissions(d), run).items()}
-            listing = _Listing()
+            listing = Snapshot()
             for key in [k for k, t in remaining.items() if task_done(t, listing)]:
                 del remaining[key]
             if not remaining:
                 break
             lost = [k for k in remaining if k not in queued]
             if len(lost) == len(remaining):  # nothing left will run: one last look
-                listing = _Listing()
+                listing = Snapshot()
                 lost = [k for k in lost if not task_done(remaining[k], listing)]
                 if not lost:
                     break
