@@ -1,4 +1,5 @@
-"""Hydra callbacks of the sweep: announce it before the jobs, say where the dataset is after."""
+"""Hydra callbacks of the sweep: announce it before the jobs; after them, compact the
+dataset (``compact=true``) and say where it is."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ class SweepCallback(Callback):
         from metacam.status import study_status
 
         spec = job_spec(config)
+        if config.compact:
+            from metacam.compact import compact
+
+            print(f"\nCompacting {spec.results_dir}: {compact(spec.results_dir).line()}", flush=True)
         status = study_status(spec.results_dir, read=False)
         print(f"\nDataset: {spec.results_dir} ({status.files_done}/{status.files_expected} result files)")
         if not status.complete:

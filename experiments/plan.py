@@ -95,6 +95,7 @@ class SweepPlan:
     combos: list[int]
     launcher: dict
     max_array_size: int | None
+    compact: bool = False  # compact the dataset when the sweep ends (compact=true)
 
     @property
     def results_dirs(self) -> list[str]:
@@ -137,6 +138,7 @@ def plan_sweep(overrides: list[str], config_dirs: list[str] = ()) -> SweepPlan:
     specs: list[JobSpec] = []
     launcher: dict = {}
     max_array = None
+    compact = False
     for i, variant in enumerate(variants):
         try:
             with composed(variant, config_dirs, hydra=i == 0) as cfg:
@@ -144,6 +146,7 @@ def plan_sweep(overrides: list[str], config_dirs: list[str] = ()) -> SweepPlan:
                 if i == 0:
                     launcher = _plain(cfg.hydra.launcher)  # type: ignore[assignment]
                     max_array = cfg.slurm.max_array_size
+                    compact = bool(cfg.compact)
         except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
             raise MetaCAMError(_first_line(error)) from None
         validate(spec)  # groups, settings, the data's layout: before loading any model
@@ -158,7 +161,7 @@ def plan_sweep(overrides: list[str], config_dirs: list[str] = ()) -> SweepPlan:
         raise MetaCAMError(f"combo_id {combo_values}: give integers in 0..{groups.n_combos - 1}") from None
     for combo in combos:
         validate(replace(specs[0], combo_id=combo))
-    return SweepPlan(specs, combos, launcher, max_array)
+    return SweepPlan(specs, combos, launcher, max_array, compact)
 
 
 def write_manifests(plan: SweepPlan) -> None:

@@ -502,7 +502,7 @@ def submit(plan: SweepPlan, detach: bool, *, run: Runner = _run,
                   f"{record['array_parallelism']} at once{after}; logs {log_folder(record)}/")
     elif not waiting:
         print("Nothing to submit: every task is done.")
-        _print_dataset(results)
+        _print_dataset(results, plan.compact)
         return 0
     else:
         jobs = sorted({job.job_id.partition("_")[0] for job in queued.values()}, key=int)
@@ -512,15 +512,22 @@ def submit(plan: SweepPlan, detach: bool, *, run: Runner = _run,
     for results_dir in results:
         print(f"  metacam status {results_dir}")
     print("  squeue -u $USER")
-    print("Rerun the same command to submit only what is missing.", flush=True)
+    print("Rerun the same command to submit only what is missing"
+          + (" (and, once every task is done, to compact the dataset)." if plan.compact else "."), flush=True)
     if detach:
         return 0
-    return wait_for(tasks, run=run, poll_seconds=poll_seconds)
+    return wait_for(tasks, run=run, poll_seconds=poll_seconds, compact=plan.compact)
 
 
-def _print_dataset(results: list[str]) -> None:
+def _print_dataset(results: list[str], compact: bool = False) -> None:
+    """Where the dataset is (compacted first with ``compact``) and how to analyse it."""
     from metacam.status import study_status
 
+    if compact:
+        from metacam.compact import compact as compact_dataset
+
+        for results_dir in results:
+            print(f"Compacting {results_dir}: {compact_dataset(results_dir).line()}", flush=True)
     for results_dir in results:
         status = study_status(results_dir)
         print(f"Dataset: {results_dir} ({status.files_done}/{status.files_expected} result files"
@@ -543,8 +550,10 @@ def _study_line(results: list[str]) -> str:
     return f"{done}/{expected} result files, ETA {etas[0] if len(etas) == 1 else ' / '.join(etas) or 'done'}"
 
 
-def wait_for(tasks: list[Task], *, run: Runner = _run, poll_seconds: float = POLL_SECONDS) -> int:
-    """Wait until every task is done (0) or none is done and queued any more (1)."""
+def wait_for(tasks: list[Task], *, run: Runner = _run, poll_seconds: float = POLL_SECONDS,
+             compact: bool = False) -> int:
+    """Wait until every task is done (0; the dataset is then compacted with ``compact``) or
+    none is done and queued any more (1)."""
     results = list(dict.fromkeys(t.results_dir for t in tasks))
     remaining = {(t.results_dir, t.key): t for t in tasks}
     reported: set[tuple[str, str]] = set()
@@ -584,7 +593,7 @@ def wait_for(tasks: list[Task], *, run: Runner = _run, poll_seconds: float = POL
             print(f"  metacam status {results_dir}", file=sys.stderr)
         return 130
     print(f"[{len(tasks)}/{len(tasks)} tasks done]")
-    _print_dataset(results)
+    _print_dataset(results, compact)
     return 0
 
 
