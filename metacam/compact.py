@@ -51,10 +51,9 @@ from metacam.results import (
     Part,
     UnitRecord,
     check_results_dir,
-    failures,
-    is_complete,
     part_record,
     read_folder,
+    unit_record,
 )
 
 DEFAULT_TARGET_ROWS = 1_000_000  # rows per part (the sweep's default: 10 k values per image and target)
@@ -138,18 +137,17 @@ def _inputs(folder: Folder, target_rows: int, report: CompactReport) -> list[Par
     small = [p for p in folder.parts if p.rows < target_rows / 2]
     inputs: list[Part | _Loose] = list(small)
     schema = pq.read_schema(small[0].path).remove_metadata() if small else None
-    for name, path in sorted(folder.loose.items()):
-        if not is_complete(path):
+    for _, path in sorted(folder.loose.items()):
+        found = unit_record(path)
+        if found is None:
             report.skipped.append(f"{path}: not a complete result file")
             continue
-        meta = pq.read_metadata(path)
-        this = meta.schema.to_arrow_schema().remove_metadata()
+        record, this = found
         if schema is None:
             schema = this
         elif not this.equals(schema):
             report.skipped.append(f"{path}: its columns differ from the folder's other files")
             continue
-        record = UnitRecord(name, meta.num_rows, path.stat().st_mtime, tuple(failures(path)))
         inputs.append((path, record))
     if len(inputs) == 1 and isinstance(inputs[0], Part):
         return []

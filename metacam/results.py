@@ -210,10 +210,11 @@ def check_results_dir(root: str | Path) -> Path:
     return root
 
 
-def failures(path: Path) -> list[str]:
+def failures(path: Path | pq.ParquetFile) -> list[str]:
     """The status values other than "ok" in a result file, one per row (its footer
     statistics say when there are none, so clean files cost no column read)."""
-    meta = pq.ParquetFile(path).metadata
+    parquet = path if isinstance(path, pq.ParquetFile) else pq.ParquetFile(path)
+    meta = parquet.metadata
     names = meta.schema.names
     if "status" not in names:
         return []
@@ -225,8 +226,22 @@ def failures(path: Path) -> list[str]:
             clean = False
     if clean:
         return []
-    values = pq.read_table(path, columns=["status"]).column("status").to_pylist()
+    values = parquet.read(columns=["status"]).column("status").to_pylist()
     return [v if v is not None else "(null)" for v in values if v != OK]
+
+
+def unit_record(path: Path) -> tuple[UnitRecord, pa.Schema] | None:
+    """A unit file's record as a part would keep it, and its schema (no metadata); None if
+    the file is not complete (torn, foreign, missing columns). Opens the file once."""
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+        if not all(name in schema.names for name in REQUIRED_COLUMNS):
+            return None
+        record = UnitRecord(path.name, parquet.metadata.num_rows, path.stat().st_mtime, tuple(failures(parquet)))
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return record, schema.remove_metadata()
 
 
 def part_record(units: Iterable[UnitRecord]) -> dict[bytes, bytes]:
