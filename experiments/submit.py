@@ -457,6 +457,41 @@ def _submit_arrays(tasks: list[Task], launcher: dict, max_array_size: int) -> li
     return submitted
 
 
+COMPACT_TIMEOUT_MIN = 120
+# Launcher settings a compaction job does not take over from the study's tasks: it needs no GPU.
+_GPU_SETTINGS = ("gpus_per_node", "slurm_gres", "slurm_gpus_per_task", "slurm_cpus_per_gpu", "slurm_mem_per_gpu",
+                 "slurm_array_parallelism")
+
+
+def compact_study(results_dirs: list[str]) -> list[str]:
+    """Run inside the compaction job: ``metacam compact`` of each results folder."""
+    from metacam.compact import compact
+
+    lines = [f"{d}: {compact(d).line()}" for d in results_dirs]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def _submit_compaction(results_dirs: list[str], job_ids: list[str], launcher: dict) -> str:
+    """One CPU job that compacts the dataset once the given jobs have all ended (afterany):
+    ``compact=true`` with ``--detach``."""
+    folder, _, params = executor_settings(launcher)
+    for key in _GPU_SETTINGS:
+        params.pop(key, None)
+    extra = dict(params.get("slurm_additional_parameters") or {})
+    mine = "afterany:" + ":".join(sorted(set(job_ids), key=int))
+    extra["dependency"] = f"{extra['dependency']},{mine}" if extra.get("dependency") else mine
+    params.update(timeout_min=COMPACT_TIMEOUT_MIN, name="metacam-compact", slurm_additional_parameters=extra)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(**params)
+    try:
+        job = executor.submit(compact_study, results_dirs)
+    except (FailedJobError, FailedSubmissionError, OSError, ValueError) as error:
+        raise MetaCAMError(f"sbatch refused the compaction job: {_first_line(str(error))}; the study's jobs "
+                           "are submitted: run `metacam compact RESULTS` when they are done") from None
+    return str(job.job_id)
+
+
 def _records(tasks: list[Task]) -> list[dict]:
     return [r for d in dict.fromkeys(t.results_dir for t in tasks) for r in read_submissions(d)]
 
@@ -500,6 +535,11 @@ def submit(plan: SweepPlan, detach: bool, *, run: Runner = _run,
             after = f", after job {record['depends_on']} ends" if record["depends_on"] else ""
             print(f"  job {record['job_id']}: {record['size']} task(s), at most "
                   f"{record['array_parallelism']} at once{after}; logs {log_folder(record)}/")
+        if plan.compact and detach:
+            ids = [r["job_id"] for r in arrays] + [q.job_id.partition("_")[0] for q in queued.values()]
+            job = _submit_compaction(results, ids, plan.launcher)
+            print(f"  job {job}: `metacam compact` of the dataset once jobs {', '.join(sorted(set(ids), key=int))} "
+                  "have ended (compact=true)")
     elif not waiting:
         print("Nothing to submit: every task is done.")
         _print_dataset(results, plan.compact)
