@@ -191,7 +191,7 @@ def _write_part(folder: Path, batch: list[Part | _Loose]) -> Path:
             pending: list[pa.Table] = []
             rows = 0
             for source in sources:
-                table = pq.read_table(source).replace_schema_metadata(metadata)
+                table = pq.ParquetFile(source).read(use_threads=False).replace_schema_metadata(metadata)
                 pending.append(table)
                 rows += table.num_rows
                 if rows >= ROW_GROUP_ROWS:

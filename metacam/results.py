@@ -236,7 +236,7 @@ def unit_record(path: Path) -> tuple[UnitRecord, pa.Schema] | None:
     try:
         parquet = pq.ParquetFile(path)
         schema = parquet.schema_arrow
-        if not all(name in schema.names for name in REQUIRED_COLUMNS):
+        if not set(REQUIRED_COLUMNS) <= set(schema.names):
             return None
         record = UnitRecord(path.name, parquet.metadata.num_rows, path.stat().st_mtime, tuple(failures(parquet)))
     except (OSError, pa.ArrowInvalid):
