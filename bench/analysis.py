@@ -153,9 +153,10 @@ def compaction(argv: list[str]) -> None:
             return files, t2 - t1, t1 - t0, status.eta_seconds or 0.0
 
         before = timed_analysis("before")
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         report = compact(root)
-        print(f"metacam compact: {time.perf_counter() - start:.1f} s: {report.line()}")
+        print(f"metacam compact: {time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu0:.1f} s CPU: "
+              f"{report.line()}")
         after = timed_analysis("after")
         same = [name.name for name in sorted((work / "before").glob("*.csv"))
                 if filecmp.cmp(name, work / "after" / name.name, shallow=False)]

@@ -149,3 +149,51 @@ def test_an_empty_folder_and_an_empty_class_folder_are_errors(tmp_path):
     photo("rocket").save(root / "unicorn" / "c.png")
     with pytest.raises(MetaCAMError, match=r"class folder 'unicorn' \(.*\) maps to no class of resnet18"):
         plan_sweep([*FAST, "data=imagefolder", f"data.root={root}", f"out_dir={tmp_path / 'out'}"])
+
+
+README_IMAGENET = (
+    "metacam sweep data=imagefolder data.root=/data/imagenet/val data.target=label data.sample=1000 "
+    "model=efficientnet_lite0,efficientnet_lite1,efficientnet_lite2 compact=true"
+)
+
+
+def test_the_readme_shows_the_imagenet_study_and_its_slurm_variant():
+    readme = (REPO / "README.md").read_text()
+    assert README_IMAGENET in readme
+    assert ("data=imagefolder data.root=/shared/imagenet/val data.target=label data.sample=1000 \\\n"
+            "    model=efficientnet_lite0,efficientnet_lite1,efficientnet_lite2 \\\n"
+            "    data.shard_count=16 'data.shard_index=range(16)' compact=true --detach") in readme
+
+
+@pytest.mark.slow
+def test_the_readme_imagenet_study_gives_one_compacted_dataset_that_analyze_reads(tmp_path):
+    """The README's command as written, on an ImageFolder tree of WordNet-id class folders (a
+    sample of 3 of 6 images instead of 1,000 of 50,000) and a reduced grid: three real models,
+    one dataset, compacted, labels resolved through timm's synset list, analysed."""
+    import shlex
+
+    from metacam.analysis import analyze
+    from metacam.status import study_status
+
+    tree = {wnid: [(f"{wnid}_{i}.JPEG", photo) for i in range(2)]
+            for wnid, photo in (("n02124075", "chelsea"), ("n07920052", "coffee"), ("n04008634", "rocket"))}
+    root = imagefolder(tmp_path / "val", tree)
+    command = [arg.replace("/data/imagenet/val", str(root)).replace("data.sample=1000", "data.sample=3")
+               for arg in shlex.split(README_IMAGENET)[1:]]
+    result = subprocess.run(
+        [sys.executable, "-m", "metacam.cli", *command, "groups=two_groups", "threshold.ks=[50,100]",
+         "road.percentiles=[50]", "heldout.percentiles=[30,70]", "deletion.steps=4", f"out_dir={tmp_path / 'out'}"],
+        cwd=REPO, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (results,) = (tmp_path / "out" / "sweeps").glob("*/results")
+    files = dataset_files(results)
+    assert len(files) == 3 * 11 and all(f.name.startswith("part-") for f in files)  # one per (model, experiment)
+    frame = frame_of(str(results))
+    assert sorted(frame["model"].unique()) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert (frame["status"] == "ok").all() and frame["sweep_id"].nunique() == 1
+    chosen = frame.drop_duplicates("image_path")
+    assert sorted(chosen["label"]) == [285, 744, 967]  # one image per class; n04008634 = projectile (744)
+    assert (frame["target_class"] == frame["label"]).all()
+    assert study_status(results).complete
+    analysis = analyze(results, tmp_path / "analysis", replicates=100)
+    assert len(analysis.dataset.units) == 3 * 3
