@@ -68,8 +68,8 @@ NO_PROGRESS = Progress()
 
 
 def clock(seconds: float) -> str:
-    """``42s``, ``11m22s`` or ``3h05m``."""
-    seconds = max(0, int(round(seconds)))
+    """A duration as ``42s``, ``11m22s`` or ``3h05m`` (seconds dropped above an hour)."""
+    seconds = max(0, int(seconds))
     minutes, secs = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
     if hours:

@@ -68,9 +68,7 @@ class StudyStatus:
             return "done"
         if self.eta_seconds is None:
             return "unknown (too few finished files)"
-        minutes, seconds = divmod(int(self.eta_seconds), 60)
-        hours, minutes = divmod(minutes, 60)
-        return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+        return clock(self.eta_seconds)
 
     def running_lines(self, now: float | None = None) -> list[str]:
         """One line per job still running (from its progress record), the longest ago updated last."""

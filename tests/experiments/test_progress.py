@@ -49,7 +49,9 @@ def test_one_progress_line_per_unit_and_status_sees_the_running_job(tmp_path):
         assert record.line() == line
     # the rate is scoring time per image: all three units took about the job's time
     assert 0.5 * elapsed / 3 < rates[-1] <= elapsed / 3 + 0.01
-    assert seen[0][0].endswith(f"job ETA {clock(2 * rates[0])}")  # two images left at the first rate
+    first = seen[0][1][0]
+    assert first.eta_seconds == 2 * first.seconds_per_image  # two images left at the first unit's rate
+    assert seen[0][0].endswith(f"job ETA {clock(first.eta_seconds)}")
     assert seen[-1][0].endswith("job ETA 0s")
     (record,) = read_progress(spec.results_dir)
     assert record.finished and not study_status(spec.results_dir).running  # finished: no longer listed
