@@ -17,10 +17,12 @@ class SweepCallback(Callback):
         spec = job_spec(config)
         job = validate(spec)
         experiments = all_experiments(job.groups, spec.controls)
+        images = len(job.images.entries)
+        drawn = f" (a sample of {job.images.total})" if images < job.images.total else ""
         print(
             f"MetaCAM sweep {spec.sweep_id}: {job.groups.n_combos} combinations of {job.groups.size} "
             f"groups, {len(experiments)} experiments (baselines and controls included) on "
-            f"{len(shard_units(spec))} unit(s) of images, model {spec.model.name}, targets "
+            f"{images} image(s){drawn} in {len(shard_units(spec))} unit(s), model {spec.model.name}, targets "
             f"{job.targets.text()}, k grid {','.join(f'{k:g}' for k in job.ks)}, ROAD ties "
             f"{job.road.ties}\nresults: {spec.results_dir}",
             flush=True,

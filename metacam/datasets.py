@@ -98,8 +98,8 @@ def image_set(data: DataConfig, *, need_labels: bool = False) -> ImageSet:
     if data.sample is not None and (isinstance(data.sample, bool) or not isinstance(data.sample, int)
                                     or data.sample < 1):
         raise MetaCAMError(f"data sample {data.sample!r} must be a number of images of at least 1 (or null: all)")
-    images = _chosen(data.layout, tuple(data.images), data.root, data.labels, data.sample, data.sample_seed,
-                     _stamp(data.root), _stamp(data.labels))
+    stamps = (_stamp(data.root), _stamp(data.labels), *(_stamp(spec) for spec in data.images))
+    images = _chosen(data.layout, tuple(data.images), data.root, data.labels, data.sample, data.sample_seed, stamps)
     if need_labels:
         missing = [i for i, label in enumerate(images.labels) if label is None]
         if missing:
@@ -111,9 +111,9 @@ def image_set(data: DataConfig, *, need_labels: bool = False) -> ImageSet:
 
 @functools.lru_cache(maxsize=8)
 def _chosen(layout: str, images: tuple[str, ...], root: str | None, labels: str | None, sample: int | None,
-            seed: int, root_stamp: int, labels_stamp: int) -> ImageSet:
+            seed: int, stamps: tuple[int, ...]) -> ImageSet:
     """The listing of a layout, sampled; cached (every job of a local sweep asks) until the
-    root folder or the labels file changes (their stamps are part of the key)."""
+    root folder, the labels file or a folder of data.images changes (``stamps``)."""
     entries, keys, found, origin = _listing(layout, images, root, labels)
     total = len(entries)
     if sample is not None:
@@ -279,9 +279,9 @@ _Listing = tuple[tuple[str, ...], tuple[str, ...], tuple[str | None, ...], str]
 
 
 def _stamp(path: str | None) -> int:
-    """A change stamp of a file or folder (its mtime): a cached listing is redone when it
-    changes (a file added to a class folder changes only that folder's: a process that
-    lists a class tree keeps its first listing)."""
+    """A change stamp of a file or folder (its mtime; 0 for none, -1 for a missing path): a
+    cached listing is redone when it changes (a file added to a class folder changes only
+    that folder's: a process that lists a class tree keeps its first listing)."""
     try:
         return os.stat(path).st_mtime_ns if path else 0
     except OSError:
