@@ -181,13 +181,15 @@ def test_the_readme_imagenet_study_gives_one_compacted_dataset_that_analyze_read
     command = [arg.replace("/data/imagenet/val", str(root)).replace("data.sample=1000", "data.sample=3")
                for arg in shlex.split(README_IMAGENET)[1:]]
     result = subprocess.run(
-        [sys.executable, "-m", "metacam.cli", *command, "groups=two_groups", "threshold.ks=[50,100]",
+        [sys.executable, "-m", "metacam.cli", *command, "data.images_per_unit=1",  # 3 units: something to merge
+         "groups=two_groups", "threshold.ks=[50,100]",
          "road.percentiles=[50]", "heldout.percentiles=[30,70]", "deletion.steps=4", f"out_dir={tmp_path / 'out'}"],
         cwd=REPO, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     (results,) = (tmp_path / "out" / "sweeps").glob("*/results")
     files = dataset_files(results)
     assert len(files) == 3 * 11 and all(f.name.startswith("part-") for f in files)  # one per (model, experiment)
+    assert "compacted 99 unit file(s) and 0 small part(s) into 33 part(s)" in result.stdout
     frame = frame_of(str(results))
     assert sorted(frame["model"].unique()) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     assert (frame["status"] == "ok").all() and frame["sweep_id"].nunique() == 1
