@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-portable lint bench clean
+.PHONY: install run test test-portable lint bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,5 +41,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/sweep.py
 	$(BIN)/python bench/analysis.py
 
+# The one-shot GPU check (bench/gpu.py): the CUDA tests, bench/road.py --full, imputation vs
+# forward at batch 512, the members bench and a 16-image sweep on CUDA, each with a time
+# budget, < 8 min on one H100/H200; without CUDA one line and exit 0. Logs and summary.md in
+# $(BENCH_GPU_OUT) (on a lent GPU machine: make bench-gpu BENCH_GPU_OUT=$$OUT).
+BENCH_GPU_OUT ?= bench-gpu-out
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu.py --out $(BENCH_GPU_OUT)
+
 clean:
-	rm -rf $(VENV) outputs multirun metacam-out
+	rm -rf $(VENV) outputs multirun metacam-out bench-gpu-out

@@ -20,7 +20,6 @@ size of the k grid.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from metacam.analysis.design import FLAG_PREFIX, METACAM, SINGLE, groups_from_co
 from metacam.analysis.errors import AnalysisError
 from metacam.analysis.metrics import Metric, fallback_metrics, metrics_from_record, resolve
 from metacam.groups import GroupError, GroupSet
+from metacam.results import dataset_files
 from metacam.schema import KINDS, REQUIRED_COLUMNS, read_file_metadata, results_schema
 
 KEY_COLUMNS: tuple[str, ...] = ("sweep_id", "kind", "combo_id", "method")
@@ -121,28 +121,15 @@ class _FileInfo:
 
 
 def find_parquet_files(root: str | Path, exclude: Iterable[str | Path] = ()) -> list[Path]:
-    """Every ``*.parquet`` under ``root``, recursively, sorted.
+    """The dataset's live Parquet files under ``root``, recursively, sorted
+    (:func:`metacam.results.dataset_files`: the one listing status, resume and the sweep use).
 
     Skips hidden files and folders (a leading dot, e.g. ``.unit-*.partial.parquet``),
-    names ending in ``.tmp`` (files being written), ``_manifest`` folders and the
-    folders in ``exclude`` (the analysis output).
+    names ending in ``.tmp`` (files being written), folders starting with ``_``
+    (``_manifest``), the folders in ``exclude`` (the analysis output), and files a
+    compaction superseded (``metacam compact``: unit files merged into a part).
     """
-    root = Path(root)
-    excluded = {Path(p).resolve() for p in exclude}
-    found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        # Prune in place so os.walk does not descend into skipped folders.
-        dirs[:] = sorted(
-            d for d in dirs
-            if not d.startswith(".") and not d.endswith(".tmp") and d != "_manifest"
-            and (here / d).resolve() not in excluded
-        )
-        found.extend(
-            here / f for f in files
-            if f.endswith(".parquet") and not f.startswith(".") and not f.endswith(".tmp")
-        )
-    return sorted(found)
+    return dataset_files(root, exclude)
 
 
 def _first_line(error: BaseException) -> str:

@@ -152,5 +152,77 @@ def main() -> None:
         print(json.dumps({"before": before, "after": after}))
 
 
+
+# --- compaction (issue 19): files and `metacam analyze` time before/after `metacam compact` ---
+
+
+def compaction(argv: list[str]) -> None:
+    """A synthetic study laid out as a sweep writes it (one file per model × experiment × unit
+    of 16 images, manifests), analysed, compacted, analysed again; the outputs must be equal.
+
+        .venv/bin/python bench/analysis.py --compaction [--images 1000] [--models 3] [--groups 6]
+    """
+    import filecmp
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.layout
+    from metacam.analysis import analyze
+    from metacam.compact import compact
+    from metacam.results import dataset_files
+    from metacam.status import study_status
+    from tests.layout import write_study
+
+    parser = argparse.ArgumentParser(description=compaction.__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1_000)
+    parser.add_argument("--models", type=int, default=3)
+    parser.add_argument("--groups", type=int, default=6, help="2^G combinations + singles + 2 controls")
+    parser.add_argument("--images-per-unit", type=int, default=16)
+    parser.add_argument("--ks", type=parse_ks, default=tuple(float(k) for k in range(10, 101, 10)))
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_REPLICATES)
+    parser.add_argument("--dir", type=Path, default=None, help="keep the dataset here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.dir or Path(temporary)
+        root = work / "results"
+        start = time.perf_counter()
+        layout = write_study(root, args.images, models=[f"model_{i}" for i in range(args.models)],
+                             n_groups=args.groups, images_per_unit=args.images_per_unit, ks=args.ks)
+        written = time.perf_counter() - start
+        print(f"CPU: {cpu_name()}")
+        print(f"dataset: {args.images:,} images x {args.models} models x {len(layout.experiments)} experiments x "
+              f"{len(args.ks)} k, units of {args.images_per_unit} images: {len(layout.files):,} unit files, "
+              f"written in {written:.0f} s")
+
+        def timed_analysis(label: str) -> tuple[int, float, float, float]:
+            files = len(dataset_files(root))
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            status = study_status(root)
+            t1 = time.perf_counter()
+            analyze(root, work / label, replicates=args.bootstrap)
+            t2 = time.perf_counter()
+            print(f"{label:>7}: {files:6,} files; metacam analyze {t2 - t1:6.1f} s wall "
+                  f"({time.process_time() - cpu0:.1f} s CPU with status); metacam status {t1 - t0:5.1f} s "
+                  f"({status.files_done:,}/{status.files_expected:,} units)")
+            return files, t2 - t1, t1 - t0, status.eta_seconds or 0.0
+
+        before = timed_analysis("before")
+        start, cpu0 = time.perf_counter(), time.process_time()
+        report = compact(root)
+        print(f"metacam compact: {time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu0:.1f} s CPU: "
+              f"{report.line()}")
+        after = timed_analysis("after")
+        same = [name.name for name in sorted((work / "before").glob("*.csv"))
+                if filecmp.cmp(name, work / "after" / name.name, shallow=False)]
+        total = len(list((work / "before").glob("*.csv")))
+        print(f"files {before[0]:,} -> {after[0]:,} ({before[0] / after[0]:.0f}x fewer); analyze "
+              f"{before[1]:.1f} -> {after[1]:.1f} s ({before[1] / after[1]:.2f}x); status {before[2]:.1f} -> "
+              f"{after[2]:.1f} s; analysis tables identical: {len(same)}/{total}")
+        if args.dir is None:
+            shutil.rmtree(work / "before", ignore_errors=True)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--compaction"]:
+        compaction(sys.argv[2:])
+    else:
+        main()

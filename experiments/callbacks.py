@@ -1,4 +1,5 @@
-"""Hydra callbacks of the sweep: announce it before the jobs, say where the dataset is after."""
+"""Hydra callbacks of the sweep: announce it before the jobs; after them, compact the
+dataset (``compact=true``) and say where it is."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ class SweepCallback(Callback):
         spec = job_spec(config)
         job = validate(spec)
         experiments = all_experiments(job.groups, spec.controls)
+        images = len(job.images.entries)
+        drawn = f" (a sample of {job.images.total})" if images < job.images.total else ""
         print(
             f"MetaCAM sweep {spec.sweep_id}: {job.groups.n_combos} combinations of {job.groups.size} "
             f"groups, {len(experiments)} experiments (baselines and controls included) on "
-            f"{len(shard_units(spec))} unit(s) of images, model {spec.model.name}, targets "
+            f"{images} image(s){drawn} in {len(shard_units(spec))} unit(s), model {spec.model.name}, targets "
             f"{job.targets.text()}, k grid {','.join(f'{k:g}' for k in job.ks)}, ROAD ties "
             f"{job.road.ties}\nresults: {spec.results_dir}",
             flush=True,
@@ -30,6 +33,10 @@ class SweepCallback(Callback):
         from metacam.status import study_status
 
         spec = job_spec(config)
+        if config.compact:
+            from metacam.compact import compact
+
+            print(f"\nCompacting {spec.results_dir}: {compact(spec.results_dir).line()}", flush=True)
         status = study_status(spec.results_dir, read=False)
         print(f"\nDataset: {spec.results_dir} ({status.files_done}/{status.files_expected} result files)")
         if not status.complete:

@@ -30,7 +30,6 @@ from metacam.sweep import (
     JobSpec,
     build,
     load_bundle,
-    manifest,
     model_key,
     study_id,
     validate,
@@ -96,6 +95,7 @@ class SweepPlan:
     combos: list[int]
     launcher: dict
     max_array_size: int | None
+    compact: bool = False  # compact the dataset when the sweep ends (compact=true)
 
     @property
     def results_dirs(self) -> list[str]:
@@ -138,6 +138,7 @@ def plan_sweep(overrides: list[str], config_dirs: list[str] = ()) -> SweepPlan:
     specs: list[JobSpec] = []
     launcher: dict = {}
     max_array = None
+    compact = False
     for i, variant in enumerate(variants):
         try:
             with composed(variant, config_dirs, hydra=i == 0) as cfg:
@@ -145,10 +146,12 @@ def plan_sweep(overrides: list[str], config_dirs: list[str] = ()) -> SweepPlan:
                 if i == 0:
                     launcher = _plain(cfg.hydra.launcher)  # type: ignore[assignment]
                     max_array = cfg.slurm.max_array_size
+                    compact = bool(cfg.compact)
         except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
             raise MetaCAMError(_first_line(error)) from None
-        job = validate(spec)
+        validate(spec)  # groups, settings, the data's layout: before loading any model
         bundle = load_bundle(replace(spec, device="cpu"))  # unknown model, weights or layer: now
+        job = validate(spec, bundle.categories)  # every label maps to one of the model's classes
         job.targets.check_classes(len(bundle.categories))
         specs.append(spec)
     groups = validate(specs[0]).groups
@@ -158,15 +161,14 @@ def plan_sweep(overrides: list[str], config_dirs: list[str] = ()) -> SweepPlan:
         raise MetaCAMError(f"combo_id {combo_values}: give integers in 0..{groups.n_combos - 1}") from None
     for combo in combos:
         validate(replace(specs[0], combo_id=combo))
-    return SweepPlan(specs, combos, launcher, max_array)
+    return SweepPlan(specs, combos, launcher, max_array, compact)
 
 
 def write_manifests(plan: SweepPlan) -> None:
     """Record what each (model, shard) of the study must produce (for `metacam status`)."""
     for spec in plan.variants:
         bundle = load_bundle(replace(spec, device="cpu"))
-        write_manifest(manifest(validate(spec), model_key(spec.model), bundle.target_layer_name),
-                       spec.results_dir)
+        write_manifest(validate(spec), model_key(spec.model), bundle.target_layer_name)
 
 
 def _first_line(error: BaseException) -> str:

@@ -58,6 +58,7 @@ class SweepConfig:
     results_dir: str | None = None  # default: ${out_dir}/sweeps/<sweep_id>/results
     cache_dir: str | None = "${out_dir}/cache"  # member-map cache shared by all jobs; null: off
     member_batch_size: int | None = None  # ScoreCAM images per forward (memory bound)
+    compact: bool = False  # at the end of the sweep, merge the unit files (metacam compact)
 
 
 def combos(groups: object) -> str:

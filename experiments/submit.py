@@ -66,7 +66,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
 
 from metacam.errors import MetaCAMError
 from metacam.experiments.plan import SweepPlan
-from metacam.results import is_complete
+from metacam.results import Snapshot
 from metacam.sweep import JobReport, JobSpec, experiments_of, manifest, model_key, run_job, validate
 from metacam.sweep.design import MANIFEST_DIR, manifest_path
 
@@ -267,28 +267,12 @@ def study_tasks(plan: SweepPlan) -> list[Task]:
     return list(tasks.values())
 
 
-class _Listing:
-    """Folder contents, listed once per check (one scandir per experiment folder, not one
-    stat per file)."""
-
-    def __init__(self) -> None:
-        self._names: dict[Path, frozenset[str]] = {}
-
-    def has(self, path: Path) -> bool:
-        names = self._names.get(path.parent)
-        if names is None:
-            try:
-                names = frozenset(entry.name for entry in os.scandir(path.parent))
-            except OSError:
-                names = frozenset()
-            self._names[path.parent] = names
-        return path.name in names
-
-
-def task_done(task: Task, listing: _Listing | None = None) -> bool:
-    """Every result file of the task is there and complete (an empty shard is done)."""
-    listing = listing or _Listing()
-    return all(listing.has(p) for p in task.files) and all(is_complete(p) for p in task.files)
+def task_done(task: Task, listing: Snapshot | None = None) -> bool:
+    """Every result file of the task is there and complete, or merged into a compacted
+    part (an empty shard is done). listing: folders listed once per check (one scandir
+    per experiment folder, not one stat per file)."""
+    listing = listing or Snapshot()
+    return all(listing.has(p) for p in task.files) and all(listing.complete(p) for p in task.files)
 
 
 # ---- the submissions log and squeue ------------------------------------------------------------
@@ -473,6 +457,41 @@ def _submit_arrays(tasks: list[Task], launcher: dict, max_array_size: int) -> li
     return submitted
 
 
+COMPACT_TIMEOUT_MIN = 120
+# Launcher settings a compaction job does not take over from the study's tasks: it needs no GPU.
+_GPU_SETTINGS = ("gpus_per_node", "slurm_gres", "slurm_gpus_per_task", "slurm_cpus_per_gpu", "slurm_mem_per_gpu",
+                 "slurm_array_parallelism")
+
+
+def compact_study(results_dirs: list[str]) -> list[str]:
+    """Run inside the compaction job: ``metacam compact`` of each results folder."""
+    from metacam.compact import compact
+
+    lines = [f"{d}: {compact(d).line()}" for d in results_dirs]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def _submit_compaction(results_dirs: list[str], job_ids: list[str], launcher: dict) -> str:
+    """One CPU job that compacts the dataset once the given jobs have all ended (afterany):
+    ``compact=true`` with ``--detach``."""
+    folder, _, params = executor_settings(launcher)
+    for key in _GPU_SETTINGS:
+        params.pop(key, None)
+    extra = dict(params.get("slurm_additional_parameters") or {})
+    mine = "afterany:" + ":".join(sorted(set(job_ids), key=int))
+    extra["dependency"] = f"{extra['dependency']},{mine}" if extra.get("dependency") else mine
+    params.update(timeout_min=COMPACT_TIMEOUT_MIN, name="metacam-compact", slurm_additional_parameters=extra)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(**params)
+    try:
+        job = executor.submit(compact_study, results_dirs)
+    except (FailedJobError, FailedSubmissionError, OSError, ValueError) as error:
+        raise MetaCAMError(f"sbatch refused the compaction job: {_first_line(str(error))}; the study's jobs "
+                           "are submitted: run `metacam compact RESULTS` when they are done") from None
+    return str(job.job_id)
+
+
 def _records(tasks: list[Task]) -> list[dict]:
     return [r for d in dict.fromkeys(t.results_dir for t in tasks) for r in read_submissions(d)]
 
@@ -491,7 +510,7 @@ def submit(plan: SweepPlan, detach: bool, *, run: Runner = _run,
     divide_parallelism(256 if total is None else int(total), [1])  # refuse P < 1 now
     started = time.perf_counter()
     tasks = study_tasks(plan)
-    listing = _Listing()
+    listing = Snapshot()
     done = {(t.results_dir, t.key) for t in tasks if task_done(t, listing)}
     queued = {}
     for results_dir in dict.fromkeys(t.results_dir for t in tasks):
@@ -516,9 +535,14 @@ def submit(plan: SweepPlan, detach: bool, *, run: Runner = _run,
             after = f", after job {record['depends_on']} ends" if record["depends_on"] else ""
             print(f"  job {record['job_id']}: {record['size']} task(s), at most "
                   f"{record['array_parallelism']} at once{after}; logs {log_folder(record)}/")
+        if plan.compact and detach:
+            ids = [r["job_id"] for r in arrays] + [q.job_id.partition("_")[0] for q in queued.values()]
+            job = _submit_compaction(results, ids, plan.launcher)
+            print(f"  job {job}: `metacam compact` of the dataset once jobs {', '.join(sorted(set(ids), key=int))} "
+                  "have ended (compact=true)")
     elif not waiting:
         print("Nothing to submit: every task is done.")
-        _print_dataset(results)
+        _print_dataset(results, plan.compact)
         return 0
     else:
         jobs = sorted({job.job_id.partition("_")[0] for job in queued.values()}, key=int)
@@ -528,15 +552,22 @@ def submit(plan: SweepPlan, detach: bool, *, run: Runner = _run,
     for results_dir in results:
         print(f"  metacam status {results_dir}")
     print("  squeue -u $USER")
-    print("Rerun the same command to submit only what is missing.", flush=True)
+    print("Rerun the same command to submit only what is missing"
+          + (" (and, once every task is done, to compact the dataset)." if plan.compact else "."), flush=True)
     if detach:
         return 0
-    return wait_for(tasks, run=run, poll_seconds=poll_seconds)
+    return wait_for(tasks, run=run, poll_seconds=poll_seconds, compact=plan.compact)
 
 
-def _print_dataset(results: list[str]) -> None:
+def _print_dataset(results: list[str], compact: bool = False) -> None:
+    """Where the dataset is (compacted first with ``compact``) and how to analyse it."""
     from metacam.status import study_status
 
+    if compact:
+        from metacam.compact import compact as compact_dataset
+
+        for results_dir in results:
+            print(f"Compacting {results_dir}: {compact_dataset(results_dir).line()}", flush=True)
     for results_dir in results:
         status = study_status(results_dir)
         print(f"Dataset: {results_dir} ({status.files_done}/{status.files_expected} result files"
@@ -559,8 +590,10 @@ def _study_line(results: list[str]) -> str:
     return f"{done}/{expected} result files, ETA {etas[0] if len(etas) == 1 else ' / '.join(etas) or 'done'}"
 
 
-def wait_for(tasks: list[Task], *, run: Runner = _run, poll_seconds: float = POLL_SECONDS) -> int:
-    """Wait until every task is done (0) or none is done and queued any more (1)."""
+def wait_for(tasks: list[Task], *, run: Runner = _run, poll_seconds: float = POLL_SECONDS,
+             compact: bool = False) -> int:
+    """Wait until every task is done (0; the dataset is then compacted with ``compact``) or
+    none is done and queued any more (1)."""
     results = list(dict.fromkeys(t.results_dir for t in tasks))
     remaining = {(t.results_dir, t.key): t for t in tasks}
     reported: set[tuple[str, str]] = set()
@@ -569,14 +602,14 @@ def wait_for(tasks: list[Task], *, run: Runner = _run, poll_seconds: float = POL
         while True:
             queued = {(d, key): job for d in results
                       for key, job in in_flight(read_submissions(d), run).items()}
-            listing = _Listing()
+            listing = Snapshot()
             for key in [k for k, t in remaining.items() if task_done(t, listing)]:
                 del remaining[key]
             if not remaining:
                 break
             lost = [k for k in remaining if k not in queued]
             if len(lost) == len(remaining):  # nothing left will run: one last look
-                listing = _Listing()
+                listing = Snapshot()
                 lost = [k for k in lost if not task_done(remaining[k], listing)]
                 if not lost:
                     break
@@ -600,7 +633,7 @@ def wait_for(tasks: list[Task], *, run: Runner = _run, poll_seconds: float = POL
             print(f"  metacam status {results_dir}", file=sys.stderr)
         return 130
     print(f"[{len(tasks)}/{len(tasks)} tasks done]")
-    _print_dataset(results)
+    _print_dataset(results, compact)
     return 0
 
 

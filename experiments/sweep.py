@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from metacam.errors import MetaCAMError
 from metacam.experiments.plan import CONF_DIR, job_spec, plan_sweep, write_manifests
 from metacam.experiments.schema import register
+from metacam.progress import clock
 from metacam.sweep import experiments_of, run_job, validate
 
 register()
@@ -40,13 +41,8 @@ def run(cfg: DictConfig) -> dict:
     names = ", ".join(e.folder for e in experiments_of(job.groups, job.combo_id, spec.controls))
     elapsed = time.perf_counter() - _process_started
     print(f"[{status.files_done}/{status.files_expected} result files] {spec.model.name} {names}: "
-          f"{report.line()}; elapsed {_clock(elapsed)}, ETA {status.eta_text()}", flush=True)
+          f"{report.line()}; elapsed {clock(elapsed)}, ETA {status.eta_text()}", flush=True)
     return asdict(report)
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sweep")

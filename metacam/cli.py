@@ -1,4 +1,4 @@
-"""The ``metacam`` command: explain, models, sweep, analyze.
+"""The ``metacam`` command: explain, models, sweep, analyze, status, compact.
 
 User errors print one line, ``metacam <command>: error: <what and what to do>``,
 and exit with status 2; no traceback. ``sweep`` and ``analyze`` hand their
@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="MetaCAM: ensemble class activation maps, scored by ROAD.",
         epilog="metacam sweep [HYDRA OVERRIDES...] [--detach]: the 2^G-experiment ablation\n"
         "metacam analyze RESULTS_DIR [--out DIR]: CRE, effects, tables and plots\n"
-        "metacam status RESULTS_DIR: done / missing / failed per model, and an ETA",
+        "metacam status RESULTS_DIR: done / missing / failed per model, and an ETA\n"
+        "metacam compact RESULTS_DIR: merge finished unit files into a few large files",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"metacam {__version__}")
@@ -158,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "status", help="a study's progress per model, from its files (exit 0 when complete)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "compact", help="merge a dataset's finished unit files into a few large files, atomically",
         add_help=False,
     )
     return parser
@@ -264,8 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return import_module("metacam.analysis.cli").main(argv[1:])
     if argv and argv[0] == "sweep":
         return import_module("metacam.experiments.sweep").cli(argv[1:])
-    if argv and argv[0] == "status":
-        return import_module("metacam.status").main(argv[1:])
+    if argv and argv[0] in ("status", "compact"):
+        return import_module(f"metacam.{argv[0]}").main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, --version, or a one-line usage error

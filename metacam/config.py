@@ -110,22 +110,40 @@ class ModelConfig:
     input_size: list[int] | None = None
 
 
+LAYOUTS = ("files", "imagefolder", "imagenet_val")
+"""How an image set is laid out on disk (``DataConfig.layout``; see metacam.datasets)."""
+
+
 @dataclass
 class DataConfig:
     """Which images and which classes to explain, and how they are split into work.
 
-    images: files, folders, ``sample:NAME`` or ``samples`` (the four distinct bundled photos).
+    layout: ``files`` (``images``: files, folders, ``sample:NAME``, ``samples``, ``photos``;
+        labels from an optional ``labels`` CSV), ``imagefolder`` (``root/<class>/<image>``,
+        the label is the class folder's name) or ``imagenet_val`` (a flat ``root`` of images,
+        labels from ``labels``: ILSVRC2012's LOC_val_solution.csv or any CSV of image and label).
+        Labels may be class indices, ImageNet WordNet ids (n01440764) or the model's category names.
+    images: the ``files`` layout's inputs (empty for the other layouts).
+    root: the folder of the ``imagefolder`` and ``imagenet_val`` layouts.
+    labels: a CSV with a header row: an image column (``image`` or ``ImageId``; else the
+        first) and a label column (``label`` or ``PredictionString``, first token; else the second).
     target: ``top1`` (each image's most probable class), ``topN`` (the N most probable,
-        each its own unit), ``label`` (from ``labels``, a CSV with columns image,label),
-        a class index, or a list of class indices (each its own unit).
+        each its own unit), ``label`` (each image's label), a class index, or a list of
+        class indices (each its own unit).
+    sample / sample_seed: explain a reproducible sample of N images (stratified by label
+        where there are labels) instead of all; None = all.
     images_per_unit: images per result file (the unit of resume).
     shard_index / shard_count: this job's share of the units (unit i goes to shard
         i mod shard_count), so every shard of a study writes into one dataset.
     """
 
+    layout: str = "files"
     images: list[str] = field(default_factory=lambda: ["samples"])
+    root: str | None = None
     labels: str | None = None
     target: Any = "top1"
+    sample: int | None = None
+    sample_seed: int = 0
     images_per_unit: int = 1
     shard_index: int = 0
     shard_count: int = 1
@@ -133,6 +151,7 @@ class DataConfig:
 
 __all__ = [
     "DEFAULT_KS",
+    "LAYOUTS",
     "TIE_RULES",
     "DataConfig",
     "HeldoutConfig",

@@ -146,11 +146,27 @@ def expand_specs(specs: Iterable[str | Path]) -> list[str]:
         path = Path(text)
         if text in _SETS and not path.exists():
             entries.extend(_SAMPLE_PREFIX + name for name in _SETS[text])
-        elif path.is_dir() and _image_files(path):
-            entries.extend(str(file) for file in _image_files(path))
+        elif path.is_dir() and image_files(path):
+            entries.extend(str(file) for file in image_files(path))
         else:
             entries.append(text)
     return entries
+
+
+def is_image_set(spec: str) -> bool:
+    """True if ``spec`` names a set of bundled photos (``samples``, ``photos``) and no path."""
+    return spec in _SETS and not Path(spec).exists()
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (extensions in :data:`IMAGE_EXTENSIONS`, any case;
+    hidden files skipped), sorted by name."""
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    return sorted(files, key=lambda p: p.name)
 
 
 def load_image(spec: str | Path, *, min_size: int = 16) -> LoadedImage:
@@ -227,7 +243,7 @@ def _load_spec(spec: str | Path, min_size: int) -> list[LoadedImage | ImageProbl
             return [sample_image(name)]
     path = Path(spec)
     if path.is_dir():
-        files = _image_files(path)
+        files = image_files(path)
         if not files:
             extensions = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
             return [ImageProblem(text, f"{text}: folder has no image files ({extensions})")]
@@ -235,16 +251,6 @@ def _load_spec(spec: str | Path, min_size: int) -> list[LoadedImage | ImageProbl
     if not path.exists():
         return [ImageProblem(text, f"{text}: no such file or folder")]
     return [_load_file(path, text, min_size)]
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    files = [
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    ]
-    return sorted(files, key=lambda p: p.name)
 
 
 def _load_file(path: Path, source: str, min_size: int) -> LoadedImage | ImageProblem:

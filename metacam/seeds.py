@@ -25,6 +25,7 @@ STREAMS = {
     "member.<name>": "a seeded member's draw (RandomCAM's channel weights)",
     "control.smooth_noise": "the smooth-noise control map",
     "control.shuffled": "the pixel permutation of the shuffled control (one-image studies)",
+    "data.sample": "which images data.sample draws (per image path, with data.sample_seed)",
 }
 
 

@@ -1,10 +1,14 @@
 """``metacam status RESULTS_DIR``: how far a study is, from its files alone (never SLURM).
 
-Every (model, shard) of a study has a manifest (``results/_manifest/*.json``, written
-when the sweep is planned and by every job) listing the experiments and unit files it
-must produce. A file present is *done*; done with ``status`` rows other than ``ok`` is
-*failed* (the reasons are read from those rows); absent is *missing*. The ETA comes
-from the rate at which result files appeared. Needs no torch.
+Every (model, shard) of a study has a manifest (``results/_manifest/*.shard-*.json``,
+written when the sweep is planned and by every job) listing the experiments and unit
+files it must produce. A unit whose file is there, or which a compacted part holds
+(:mod:`metacam.results`), is *done*; done with ``status`` rows other than ``ok`` is
+*failed* (the reasons are read from those rows, or from the part's record); absent is
+*missing*. The ETA comes from the rate at which result files appeared (a part records
+its units' times, so compaction changes nothing here). Jobs still running are listed
+from their progress records (:mod:`metacam.progress`): images done, seconds per image,
+their ETA. Needs no torch.
 """
 
 from __future__ import annotations
@@ -12,17 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from metacam.errors import MetaCAMError
-from metacam.results import is_complete
+from metacam.progress import JobRecord, clock, read_progress
+from metacam.results import MANIFEST_DIR, Snapshot, check_results_dir, failures
 
-MANIFEST_DIR = "_manifest"  # metacam.sweep.design writes it (that module needs torch)
-OK = "ok"
+STALLED_AFTER = 600.0  # seconds without a progress update (and 3 units' time) before a job looks stalled
 
 
 @dataclass
@@ -54,6 +57,7 @@ class StudyStatus:
     files_expected: int
     files_done: int
     eta_seconds: float | None
+    running: list[JobRecord] = field(default_factory=list)  # unfinished jobs' progress records
 
     @property
     def complete(self) -> bool:
@@ -64,9 +68,20 @@ class StudyStatus:
             return "done"
         if self.eta_seconds is None:
             return "unknown (too few finished files)"
-        minutes, seconds = divmod(int(self.eta_seconds), 60)
-        hours, minutes = divmod(minutes, 60)
-        return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+        return clock(self.eta_seconds)
+
+    def running_lines(self, now: float | None = None) -> list[str]:
+        """One line per job still running (from its progress record), the longest ago updated last."""
+        now = time.time() if now is None else now
+        lines = []
+        for record in sorted(self.running, key=lambda r: -r.updated):
+            quiet = now - record.updated
+            unit = (record.seconds_per_image or 0.0) * record.images_total / max(record.units_total, 1)
+            note = f"updated {clock(quiet)} ago"
+            if quiet > max(STALLED_AFTER, 3 * unit):
+                note = f"no update for {clock(quiet)}: stalled, or killed (rerun the sweep to resume it)"
+            lines.append(f"    {record.line()} ({note}, {record.host} pid {record.pid})")
+        return lines
 
     def report(self) -> str:
         lines = [f"{self.root}: {self.files_done}/{self.files_expected} result files"
@@ -79,13 +94,17 @@ class StudyStatus:
             )
             for reason, count in m.reasons.most_common(5):
                 lines.append(f"    {count} x {reason}")
+        running = self.running_lines()
+        if running:
+            lines.append(f"  {len(running)} job(s) in progress:")
+            lines.extend(running)
         return "\n".join(lines)
 
 
 def _manifests(root: Path) -> list[dict]:
     folder = root / MANIFEST_DIR
     records = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for path in sorted(folder.glob("*.shard-*-of-*.json")):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError):
@@ -93,23 +112,22 @@ def _manifests(root: Path) -> list[dict]:
     return records
 
 
-def _failures(path: Path) -> list[str]:
-    """The status values other than "ok" in a result file (its footer statistics say
-    when there are none, so clean files cost no column read)."""
-    meta = pq.ParquetFile(path).metadata
-    names = meta.schema.names
-    if "status" not in names:
-        return []
-    column = names.index("status")
-    clean = True
-    for group in range(meta.num_row_groups):
-        stats = meta.row_group(group).column(column).statistics
-        if stats is None or not stats.has_min_max or stats.min != OK or stats.max != OK or stats.null_count:
-            clean = False
-    if clean:
-        return []
-    values = pq.read_table(path, columns=["status"]).column("status").to_pylist()
-    return [v if v is not None else "(null)" for v in values if v != OK]
+def _unit(snapshot: Snapshot, path: Path, read: bool) -> tuple[float, list[str]] | None:
+    """(when the unit was written, its failure statuses) if it is done, else None.
+
+    read: open a unit's own file (a torn file is missing; failures are read); False only
+    checks that it is there. A compacted unit's record in its part says both."""
+    for _ in range(2):
+        record = snapshot.record(path)
+        if record is not None:
+            return record.mtime, list(record.failures) if read else []
+        if not (snapshot.complete(path) if read else snapshot.has(path)):
+            return None
+        try:
+            return path.stat().st_mtime, failures(path) if read else []
+        except FileNotFoundError:  # merged by a compaction since the folder was listed: look again
+            snapshot.forget(path.parent)
+    return None
 
 
 def study_status(results_dir: str | Path, *, read: bool = True) -> StudyStatus:
@@ -119,9 +137,7 @@ def study_status(results_dir: str | Path, *, read: bool = True) -> StudyStatus:
     collected). False only checks that the files exist — the cheap count a job's
     progress line uses (renamed files are whole by construction).
     """
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise MetaCAMError(f"{root}: no such folder; pass the results folder a sweep printed")
+    root = check_results_dir(results_dir)
     manifests = _manifests(root)
     if not manifests:
         raise MetaCAMError(
@@ -133,6 +149,7 @@ def study_status(results_dir: str | Path, *, read: bool = True) -> StudyStatus:
     failed: dict[str, set[str]] = {}  # model -> experiments with failures
     expected = done = 0
     times: list[float] = []
+    snapshot = Snapshot()
     for record in manifests:
         key = record["model_key"]
         status = models.setdefault(key, ModelStatus(key))
@@ -146,13 +163,13 @@ def study_status(results_dir: str | Path, *, read: bool = True) -> StudyStatus:
         for experiment in experiments:
             present = complete.setdefault(key, {}).setdefault(experiment, True)
             for unit in units:
-                path = base / experiment / unit
-                if not (is_complete(path) if read else path.exists()):
+                found = _unit(snapshot, base / experiment / unit, read)
+                if found is None:
                     unit_done[unit] = present = False
                     continue
                 done += 1
-                times.append(path.stat().st_mtime)
-                reasons = _failures(path) if read else []
+                mtime, reasons = found
+                times.append(mtime)
                 if reasons:
                     unit_failed[unit] = True
                     failed.setdefault(key, set()).add(experiment)
@@ -163,7 +180,8 @@ def study_status(results_dir: str | Path, *, read: bool = True) -> StudyStatus:
     for key, status in models.items():
         status.experiments_done = sum(complete[key].values())
         status.experiments_failed = len(failed.get(key, ()))
-    return StudyStatus(root, list(models.values()), expected, done, _eta(times, expected - done))
+    running = [r for r in read_progress(root) if not r.finished]
+    return StudyStatus(root, list(models.values()), expected, done, _eta(times, expected - done), running)
 
 
 def _eta(times: list[float], remaining: int) -> float | None:

@@ -81,7 +81,7 @@ def test_a_folder_that_is_not_a_results_dataset_is_one_line_and_exit_2(tmp_path,
     assert main(["status", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
     (tmp_path / "_manifest").mkdir()
-    (tmp_path / "_manifest" / "x.json").write_text("{not json")
+    (tmp_path / "_manifest" / "m.shard-0-of-1.json").write_text("{not json")
     assert main(["status", str(tmp_path)]) == 2
     assert "not a readable manifest" in capsys.readouterr().err
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metacam.config import ModelConfig
+from metacam.datasets import image_set
 from metacam.groups import GroupSet
-from metacam.images import expand_specs
 from metacam.schema import CONTROL_METHODS
 from metacam.sweep.spec import Job, JobSpec, as_plain
 from metacam.sweep.targets import TargetRule
@@ -74,10 +74,10 @@ def all_experiments(groups: GroupSet, controls: bool = True) -> list[Experiment]
 
 
 def study_units(spec: JobSpec) -> list[list[str]]:
-    """All units of the study's image set, in order: ``images_per_unit`` entries each."""
-    entries = expand_specs(spec.data.images)
+    """All units of the study's image set (after sampling), in order: ``images_per_unit`` entries each."""
+    entries = image_set(spec.data).entries
     size = spec.data.images_per_unit
-    return [entries[i : i + size] for i in range(0, len(entries), size)]
+    return [list(entries[i : i + size]) for i in range(0, len(entries), size)]
 
 
 def shard_units(spec: JobSpec) -> list[list[str]]:
@@ -115,9 +115,15 @@ def result_path(results_dir: str | Path, model: str, experiment: Experiment, uni
 def study_id(spec: JobSpec) -> str:
     """The automatic sweep_id: a hash of what defines the study (groups, ROAD and held-out
     settings, the second metric, k grid, seed, controls, the image set as a whole and its
-    targets), never of the model, the shard, the combination, the device or batch sizes."""
+    targets), never of the model, the shard, the combination, the device or batch sizes.
+
+    The image set is ``data.images`` as given (a folder's contents may grow; v0.2's ids
+    stay as they were); a dataset layout (``data.root``) or a sample adds the layout, the
+    sample's size and seed and a digest of the chosen images (their paths relative to
+    the root), so the same sample of the same data is the same study wherever it lies."""
     road = {k: v for k, v in as_plain(spec.road).items() if k != "batch_size"}
     deletion = {k: v for k, v in as_plain(spec.deletion).items() if k not in ("cpu_batch", "cuda_batch")}
+    data = spec.data
     parts = {
         "groups": spec.groups,
         "road": road,
@@ -126,11 +132,14 @@ def study_id(spec: JobSpec) -> str:
         "ks": [float(k) for k in spec.ks],
         "seed": spec.seed,
         "controls": spec.controls,
-        "images": list(spec.data.images),
-        "images_per_unit": spec.data.images_per_unit,
-        "labels": spec.data.labels,
-        "target": TargetRule.parse(spec.data.target).text(),
+        "images": list(data.images),
+        "images_per_unit": data.images_per_unit,
+        "labels": data.labels,
+        "target": TargetRule.parse(data.target).text(),
     }
+    if data.layout != "files" or data.sample is not None:
+        parts["dataset"] = {"layout": data.layout, "sample": data.sample, "sample_seed": data.sample_seed,
+                            "chosen": image_set(data).digest()}
     text = json.dumps(parts, sort_keys=True, default=str)
     return "study-" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
@@ -158,3 +167,28 @@ def manifest(job: Job, model: str, layer: str) -> dict:
 def manifest_path(results_dir: str | Path, model: str, shard_index: int, shard_count: int) -> Path:
     name = f"{safe_name(model)}.shard-{shard_index}-of-{shard_count}.json"
     return Path(results_dir) / MANIFEST_DIR / name
+
+
+def images_manifest(job: Job) -> dict:
+    """The study's chosen images (after sampling, all shards) with their labels as written:
+    what a sample drew is on record beside the results."""
+    data, images = job.spec.data, job.images
+    return {
+        "format": 1,
+        "sweep_id": job.spec.sweep_id,
+        "layout": data.layout,
+        "root": data.root,
+        "images": list(data.images),
+        "labels_file": data.labels,
+        "sample": data.sample,
+        "sample_seed": data.sample_seed,
+        "total": images.total,
+        "chosen": len(images.entries),
+        "digest": images.digest(),
+        "entries": list(images.entries),
+        "labels": list(images.labels) if images.has_labels else None,
+    }
+
+
+def images_manifest_path(results_dir: str | Path, sweep_id: str) -> Path:
+    return Path(results_dir) / MANIFEST_DIR / f"images.{safe_name(sweep_id)}.json"

@@ -1,10 +1,12 @@
 """Running a job and resuming it: score every unit that has no result file yet.
 
 Each finished (experiment, unit) lands as one Parquet file, written whole or not at
-all, so a rerun or a requeued job skips what is done and a killed job loses at most
-the unit it was computing. A unit that cannot be scored (an unreadable image, a
-plug-in that returns NaN, out of memory even at batch 1) gets ``status`` rows; the
-rest of the sweep goes on.
+all, so a rerun or a requeued job skips what is done (also once ``metacam compact``
+merged it: :func:`metacam.results.is_complete`) and a killed job loses at most the
+unit it was computing. A unit that cannot be scored (an unreadable image, a plug-in
+that returns NaN, out of memory even at batch 1) gets ``status`` rows; the rest of
+the sweep goes on. After each unit the job prints a progress line and rewrites its
+progress record (:class:`metacam.progress.JobProgress`), which ``metacam status`` reads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,19 +23,23 @@ from metacam.cache import MemberCache
 from metacam.device import resolve_device
 from metacam.errors import MetaCAMError
 from metacam.models import ModelBundle, load_model
+from metacam.progress import JobProgress
 from metacam.results import is_complete
 from metacam.sweep.design import (
     experiments_of,
+    images_manifest,
+    images_manifest_path,
     manifest,
     manifest_path,
     model_key,
     result_path,
+    safe_name,
     shard_units,
     unit_name,
 )
 from metacam.sweep.rows import Provenance, write_unit
 from metacam.sweep.scoring import JobContext, Timings, score_unit
-from metacam.sweep.spec import JobSpec, validate
+from metacam.sweep.spec import Job, JobSpec, label_key, validate
 
 
 @dataclass
@@ -55,6 +62,12 @@ class JobReport:
     @property
     def impute_seconds(self) -> float:
         return self.timings.road.impute_seconds + self.timings.heldout.impute_seconds
+
+    def split(self) -> dict[str, float]:
+        """Where the job's time went, in seconds (the progress record's ``timings``)."""
+        t = self.timings
+        return {"job": self.seconds, "members": t.members, "forward": self.forward_seconds,
+                "impute": self.impute_seconds, "heldout": t.heldout.total_seconds, "deletion": t.deletion}
 
     def line(self) -> str:
         """A one-line account of the job's time."""
@@ -90,42 +103,68 @@ def load_bundle(spec: JobSpec) -> ModelBundle:
     return _cached_model(json.dumps(asdict(spec.model), sort_keys=True), str(resolve_device(spec.device)))
 
 
-def write_manifest(record: dict, results_dir: str | Path) -> Path:
-    """The (model, shard)'s expected files, for ``metacam status``; idempotent."""
-    path = manifest_path(results_dir, record["model_key"], record["shard_index"], record["shard_count"])
+def write_manifest(job: Job, model: str, layer: str) -> Path:
+    """Record what this (model, shard) must produce and the study's chosen images, for
+    ``metacam status`` and for the record; idempotent. Returns the shard manifest's path."""
+    spec = job.spec
+    record = manifest(job, model, layer)
+    _write_json(images_manifest_path(spec.results_dir, spec.sweep_id), images_manifest(job))
+    return _write_json(manifest_path(spec.results_dir, model, spec.data.shard_index, spec.data.shard_count), record)
+
+
+def _write_json(path: Path, record: dict) -> Path:
     text = json.dumps(record, indent=1, sort_keys=True)
-    if path.exists() and path.read_text() == text:
-        return path
+    try:
+        if path.read_text() == text:
+            return path
+    except OSError:
+        pass
     return write_atomically(path, lambda partial: partial.write_text(text))
 
 
-def run_job(spec: JobSpec) -> JobReport:
-    """Score every unit of this job that has no result file yet."""
-    job = validate(spec)
+def progress_key(spec: JobSpec, model: str, combo_id: int) -> str:
+    """The job's progress record name: model, shard and combination."""
+    data = spec.data
+    return f"{safe_name(model)}.shard-{data.shard_index}-of-{data.shard_count}.combo-{combo_id}"
+
+
+def run_job(spec: JobSpec, *, emit: Callable[[str], None] | None = None) -> JobReport:
+    """Score every unit of this job that has no result file yet.
+
+    emit: where the per-unit progress lines go (default: stdout).
+    """
     started = time.perf_counter()
+    bundle = load_bundle(spec)
+    job = validate(spec, bundle.categories)
     experiments = experiments_of(job.groups, job.combo_id, spec.controls)
     report = JobReport(job.combo_id, len(experiments))
-    bundle = load_bundle(spec)
     model = model_key(spec.model)
     job.targets.check_classes(len(bundle.categories))
-    write_manifest(manifest(job, model, bundle.target_layer_name), spec.results_dir)
+    write_manifest(job, model, bundle.target_layer_name)
     ctx = JobContext(job, bundle, model, MemberCache(spec.cache_dir), Provenance.of(job, bundle, model),
                      report.timings)
-    for entries in shard_units(spec):
+    units = shard_units(spec)
+    data = spec.data
+    label = f"{model} combo {job.combo_id} shard {data.shard_index}/{data.shard_count}"
+    progress = JobProgress(spec.results_dir, progress_key(spec, model, job.combo_id), label, len(units),
+                           sum(map(len, units)), emit)
+    for entries in units:
         name = unit_name(model, bundle.target_layer_name, entries, job.targets)
         paths = {e.folder: result_path(spec.results_dir, model, e, name) for e in experiments}
         todo = [e for e in experiments if not is_complete(paths[e.folder])]
         if not todo:
             report.units_skipped += 1
+            progress.unit(len(entries), None, report.split())
             continue
         # Score all of the job's experiments even if only some are missing: the same
         # batches as an uninterrupted run, so a resumed dataset is bit-identical.
         unit_started = time.time()
+        unit_clock = time.perf_counter()
         try:
             rows = score_unit(ctx, entries, experiments)
         except MetaCAMError as error:  # e.g. out of memory at batch 1: this unit only
             rows = {e.folder: [ctx.provenance.status_row(e, Path(entry).stem + "-failed", entry,
-                                                         job.labels.get(Path(entry).name), str(error))
+                                                         job.labels.get(label_key(entry)), str(error))
                                for entry in entries] for e in experiments}
             report.units_failed += 1
         for experiment in todo:
@@ -133,6 +172,9 @@ def run_job(spec: JobSpec) -> JobReport:
                        stale_before=unit_started)
             report.rows += len(rows[experiment.folder])
         report.units_done += 1
+        report.seconds = time.perf_counter() - started
+        progress.unit(len(entries), time.perf_counter() - unit_clock, report.split())
     report.seconds = time.perf_counter() - started
     report.cache_hits, report.cache_misses = ctx.cache.hits, ctx.cache.misses
+    progress.finish(report.split())
     return report

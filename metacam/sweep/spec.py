@@ -2,23 +2,23 @@
 
 :class:`JobSpec` is built from the composed Hydra config by ``metacam.experiments``
 (or by hand); :func:`validate` checks it and resolves it into a :class:`Job`:
-the group set (plug-ins imported), the combination, the target rule and the
-checked ROAD settings. Every problem is one :class:`MetaCAMError` line.
+the group set (plug-ins imported), the combination, the target rule, the checked
+ROAD settings, the study's images (:mod:`metacam.datasets`) and, given the model's
+classes, their labels. Every problem is one :class:`MetaCAMError` line.
 """
 
 from __future__ import annotations
 
-import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
 from metacam.cams import MemberOptions, resolve_member
 from metacam.config import DataConfig, HeldoutConfig, ModelConfig, RoadConfig, check_ks
+from metacam.datasets import ImageSet, image_set, resolve_labels
 from metacam.deletion import DeletionConfig
 from metacam.errors import MetaCAMError
 from metacam.groups import GroupError, GroupSet
-from metacam.images import expand_specs
 from metacam.sweep.targets import TargetRule
 
 
@@ -59,7 +59,8 @@ class Job:
     ks: tuple[float, ...]
     road: RoadConfig
     heldout: RoadConfig | None  # None: no held-out re-scoring
-    labels: dict[str, int]
+    images: ImageSet  # the study's images (all shards), in study order
+    labels: dict[str, int]  # label_key(entry) -> class; empty unless validated with the model's classes
 
 
 def build(cls: type, values: Any, what: str) -> Any:
@@ -99,29 +100,19 @@ def resolve_groups(groups: dict[str, list[str]]) -> GroupSet:
     return GroupSet.from_mapping(groups, is_control=lambda m: members[m].control)
 
 
-def read_labels(path: str | None) -> dict[str, int]:
-    """image file name -> class, from a CSV with columns image,label."""
-    if path is None:
-        return {}
-    try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or not {"image", "label"} <= set(reader.fieldnames):
-                raise MetaCAMError(f"labels file {path}: needs the columns image,label")
-            return {Path(row["image"]).name: int(row["label"]) for row in reader}
-    except OSError as error:
-        raise MetaCAMError(f"labels file {path}: {error.strerror}") from None
-    except ValueError:
-        raise MetaCAMError(f"labels file {path}: a label is not an integer class index") from None
-
-
 def label_key(entry: str) -> str:
-    """How an image entry is looked up in the labels CSV: its file name."""
-    return Path(entry).name
+    """How an image entry is looked up in ``Job.labels``: the entry as listed (its full path),
+    so files of the same name in two class folders keep their own labels."""
+    return str(entry)
 
 
-def validate(spec: JobSpec) -> Job:
-    """Check a job's configuration before any work: one clear error per problem."""
+def validate(spec: JobSpec, categories: Sequence[str] | None = None) -> Job:
+    """Check a job's configuration before any work: one clear error per problem.
+
+    categories: the model's class names; with them the labels are resolved to class
+    indices (a label that maps to no class, or outside them, is an error); without,
+    ``Job.labels`` is empty (for callers that do not score).
+    """
     groups = resolve_groups(spec.groups)
     combo_id = groups.all_on if spec.combo_id is None else int(spec.combo_id)
     if not 0 <= combo_id < groups.n_combos:
@@ -133,8 +124,6 @@ def validate(spec: JobSpec) -> Job:
     road = spec.road.checked()
     heldout = spec.heldout.road(road) if spec.heldout.enabled else None
     data = spec.data
-    if not data.images:
-        raise MetaCAMError("data images is empty; give files, folders or sample names")
     if data.images_per_unit < 1:
         raise MetaCAMError(f"data images_per_unit {data.images_per_unit} must be at least 1")
     if data.shard_count < 1:
@@ -145,15 +134,9 @@ def validate(spec: JobSpec) -> Job:
             f"(shard_count {data.shard_count})"
         )
     targets = TargetRule.parse(data.target)
-    labels = read_labels(data.labels)
-    if targets.kind == "label":
-        if not data.labels:
-            raise MetaCAMError("data target 'label' needs data.labels, a CSV with columns image,label")
-        missing = [e for e in expand_specs(data.images) if label_key(e) not in labels]
-        if missing:
-            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-            raise MetaCAMError(
-                f"labels file {data.labels} has no label for {label_key(missing[0])}{more}; "
-                f"add them or use data.target=top1"
-            )
-    return Job(spec, groups, combo_id, targets, ks, road, heldout, labels)
+    if targets.kind == "label" and data.layout == "files" and not data.labels:
+        raise MetaCAMError("data target 'label' needs data.labels, a CSV with columns image,label "
+                           "(or data=imagefolder, whose class folders are the labels)")
+    images = image_set(data, need_labels=targets.kind == "label")
+    labels = resolve_labels(images, categories, spec.model.name) if categories is not None else {}
+    return Job(spec, groups, combo_id, targets, ks, road, heldout, images, labels)

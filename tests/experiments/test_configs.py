@@ -13,6 +13,7 @@ from metacam.errors import MetaCAMError
 from metacam.experiments.plan import CONF_DIR, job_spec, plan_sweep
 from metacam.groups import default_groups
 from metacam.sweep import all_experiments, experiments_of, study_id, validate
+from tests.datasets import IMAGENET_TREE, imagefolder, imagenet_val
 from tests.experiments.conftest import FAST, composed
 
 
@@ -89,18 +90,26 @@ def options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
 
 
-REQUIRED = {  # values for the ??? fields of template options
-    ("model", "custom"): ["model.name=resnet18", "model.layer=layer4", "model.num_classes=10"],
-    ("data", "folder"): ["data.images=[sample:coffee]"],
-}
+def required(group: str, option: str, tmp_path: Path) -> list[str]:
+    """Values for the ??? fields of template options."""
+    if (group, option) == ("model", "custom"):
+        return ["model.name=resnet18", "model.layer=layer4", "model.num_classes=10"]
+    if (group, option) == ("data", "folder"):
+        return ["data.images=[sample:coffee]"]
+    if (group, option) == ("data", "imagefolder"):
+        return [f"data.root={imagefolder(tmp_path / 'tree', IMAGENET_TREE)}"]
+    if (group, option) == ("data", "imagenet_val"):
+        root, labels = imagenet_val(tmp_path / "val")
+        return [f"data.root={root}", f"data.labels={labels}"]
+    return []
 
 
 @pytest.mark.parametrize(
     ("group", "option"),
     [(group, option) for group in ("model", "data", "groups", "road", "threshold") for option in options(group)],
 )
-def test_every_option_composes_and_validates(group, option):
-    with composed([f"{group}={option}", *REQUIRED.get((group, option), [])]) as cfg:
+def test_every_option_composes_and_validates(group, option, tmp_path):
+    with composed([f"{group}={option}", *required(group, option, tmp_path)]) as cfg:
         spec = job_spec(cfg)
     validate(spec)
     if group == "model":

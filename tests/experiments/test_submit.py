@@ -519,3 +519,44 @@ def test_detach_needs_the_slurm_launcher(tmp_path, capsys):
     assert code == 2
     assert err.strip() == ("metacam sweep: error: --detach needs launcher=submitit_slurm "
                            "(local jobs run in this process)")
+
+
+def test_compact_true_compacts_a_finished_study_and_a_rerun_submits_nothing(base_plan, fake_slurm, tmp_path,
+                                                                            capsys):
+    two = ["sample:coffee", "sample:rocket"]  # two units per experiment folder
+    variants = [replace(v, data=replace(v.data, images=two)) for v in base_plan.variants]
+    plan = plan_in(replace(base_plan, variants=variants), tmp_path / "study", compact=True)
+    results = Path(plan.variants[0].results_dir)
+    for task in sub.study_tasks(plan):
+        for path in task.files:
+            write_result(path)
+    assert sub.submit(plan, detach=True) == 0
+    out = capsys.readouterr().out
+    assert "Nothing to submit: every task is done." in out
+    assert f"Compacting {results}: compacted 22 unit file(s) and 0 small part(s) into 11 part(s); 22 -> 11 files" in out
+    assert f"Dataset: {results} (22/22 result files, complete)" in out
+    assert not list(results.rglob("unit-*.parquet")) and len(list(results.rglob("part-*.parquet"))) == 11
+    assert all(sub.task_done(t) for t in sub.study_tasks(plan))  # merged units are done
+    assert sub.submit(plan, detach=True) == 0
+    assert "0 to submit" in capsys.readouterr().out and not scripts(fake_slurm)
+
+
+def test_compact_true_with_detach_submits_a_compaction_job_after_the_arrays(base_plan, fake_slurm, tmp_path,
+                                                                            capsys):
+    plan = plan_in(base_plan, tmp_path / "study", compact=True)
+    plan = replace(plan, launcher={**plan.launcher, "gres": "gpu:1"})  # the tasks take a GPU each
+    results = Path(plan.variants[0].results_dir)
+    assert sub.submit(plan, detach=True) == 0
+    out = capsys.readouterr().out
+    assert "job 103: `metacam compact` of the dataset once jobs 101, 102 have ended (compact=true)" in out
+    *arrays, compaction = scripts(fake_slurm)
+    assert len(arrays) == 2 and "#SBATCH --dependency=afterany:101:102" in compaction
+    assert all("#SBATCH --gres=gpu:1" in a for a in arrays)
+    assert "--array" not in compaction and "gpu" not in compaction.lower()  # compaction needs no GPU
+    assert "#SBATCH --job-name=metacam-compact" in compaction and "#SBATCH --partition=debug" in compaction
+    # the pickled call: compact_study(the results folder)
+    (pickled,) = (tmp_path / "study" / "multirun" / ".submitit").glob("103/*_submitted.pkl")
+    import pickle
+
+    delayed = pickle.loads(pickled.read_bytes())
+    assert delayed.function is sub.compact_study and delayed.args == ([str(results)],)
