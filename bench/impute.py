@@ -47,9 +47,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from metacam import _impute_native as native
-from metacam import imputation
-from metacam.imputation import DEFAULT_TOL, impute_masks, linear_impute_reference
+from metacam.evaluation import _impute_native as native
+from metacam.evaluation import imputation
+from metacam.evaluation.imputation import DEFAULT_TOL, impute_masks, linear_impute_reference
 
 KS = tuple(range(5, 101, 5))
 PS = (20, 40, 60, 80)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metacam.cams import MemberOptions
 from metacam.config import DataConfig, HeldoutConfig, ModelConfig, RoadConfig
-from metacam.deletion import DeletionConfig
+from metacam.evaluation.deletion import DeletionConfig
 from metacam.errors import MetaCAMError
 from metacam.experiments.schema import register
 from metacam.sweep import (

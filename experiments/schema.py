@@ -1,6 +1,6 @@
 """The sweep's Hydra schema: the library's config dataclasses, registered as structured configs.
 
-Every default lives in those dataclasses (metacam.config, metacam.deletion); the YAML
+Every default lives in those dataclasses (metacam.config, metacam.evaluation.deletion); the YAML
 files under conf/ only say what an option changes. A typo in a key or a value of the
 wrong type is refused by Hydra when the config is composed (before any job starts).
 """
@@ -13,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from metacam.config import DEFAULT_KS, DataConfig, HeldoutConfig, ModelConfig, RoadConfig
-from metacam.deletion import DeletionConfig
+from metacam.evaluation.deletion import DeletionConfig
 
 SCHEMA = "sweep_schema"
 

@@ -3,7 +3,7 @@ practitioner's own model and images, as figures and one scores table.
 
 MetaCAM here is the pre-specified ensemble: every chosen member that is not a
 control (RandomCAM is shown beside it, as a control). Every candidate map of every
-method goes through one batched ROAD call (:func:`metacam.adaptive.score_methods`);
+method goes through one batched ROAD call (:func:`metacam.evaluation.adaptive.score_methods`);
 the chosen (k*) maps are then re-scored with an independent draw (the held-out
 ROAD, DESIGN §2), which is the number to compare methods by.
 """
@@ -21,7 +21,7 @@ import torch
 from matplotlib.figure import Figure
 
 from metacam import __version__
-from metacam.adaptive import choose_k, score_methods
+from metacam.evaluation.adaptive import choose_k, score_methods
 from metacam.atomic import write_atomically
 from metacam.cams import MemberOptions, compute_members, resolve_members
 from metacam.config import DEFAULT_KS, HeldoutConfig, RoadConfig, check_ks
@@ -32,7 +32,7 @@ from metacam.groups import default_groups
 from metacam.images import ImageProblem, LoadedImage
 from metacam.models import ModelBundle
 from metacam.progress import NO_PROGRESS, Progress
-from metacam.roadscore import Probe, RoadStats, road_many
+from metacam.evaluation.roadscore import Probe, RoadStats, road_many
 
 METACAM = "metacam"
 PLAIN_K = 100.0

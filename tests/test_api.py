@@ -14,9 +14,9 @@ def test_public_names_resolve_to_the_documented_objects():
     for name in ("load_model", "member_cams", "metacam_map", "impute", "road", "adaptive_threshold"):
         assert callable(getattr(metacam, name)), name
     # importing a submodule must not shadow a public function of the same package
-    importlib.import_module("metacam.imputation")
+    importlib.import_module("metacam.evaluation.imputation")
 
-    assert metacam.impute.__module__ == "metacam.imputation" and callable(metacam.impute)
+    assert metacam.impute.__module__ == "metacam.evaluation.imputation" and callable(metacam.impute)
     assert len([m for m in metacam.MEMBERS.values() if not m.plugin]) == 12  # plug-ins join when named
     assert set(metacam.__all__) >= {"load_model", "member_cams", "metacam_map", "impute", "road",
                                     "adaptive_threshold"}

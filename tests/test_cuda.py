@@ -5,7 +5,7 @@ import torch
 
 from metacam.cams import member_cams
 from metacam.models import load_model
-from metacam.roadscore import road
+from metacam.evaluation.roadscore import road
 
 pytestmark = [
     pytest.mark.cuda,

@@ -1,4 +1,4 @@
-"""Tests of metacam.deletion: deletion and insertion AUC (RISE) over precomputed maps."""
+"""Tests of metacam.evaluation.deletion: deletion and insertion AUC (RISE) over precomputed maps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import scipy.ndimage
 import torch
 from torch import nn
 
-from metacam.deletion import (
+from metacam.evaluation.deletion import (
     DeletionConfig,
     blur,
     deletion_insertion,

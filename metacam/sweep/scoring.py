@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metacam.adaptive import AdaptiveResult, score_methods
+from metacam.evaluation.adaptive import AdaptiveResult, score_methods
 from metacam.batching import Batches
 from metacam.cache import EntryKey, MemberCache
 from metacam.cams import compute_members, resolve_member
-from metacam.deletion import deletion_insertion
+from metacam.evaluation.deletion import deletion_insertion
 from metacam.ensemble import metacam_map, metacam_maps, threshold_maps
 from metacam.images import LoadedImage, load_images
 from metacam.models import ModelBundle
-from metacam.roadscore import Probe, RoadStats, road_many
+from metacam.evaluation.roadscore import Probe, RoadStats, road_many
 from metacam.seeds import generator, stream_seed
 from metacam.sweep.design import Experiment, study_units
 from metacam.sweep.rows import Provenance

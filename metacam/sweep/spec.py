@@ -15,7 +15,7 @@ from typing import Any
 
 from metacam.cams import MemberOptions, resolve_member
 from metacam.config import DataConfig, HeldoutConfig, ModelConfig, RoadConfig, check_ks
-from metacam.deletion import DeletionConfig
+from metacam.evaluation.deletion import DeletionConfig
 from metacam.errors import MetaCAMError
 from metacam.groups import GroupError, GroupSet
 from metacam.images import expand_specs

@@ -114,7 +114,7 @@ def test_every_option_composes_and_validates(group, option):
 def test_defaults_come_from_the_library_dataclasses():
     """One place per default: the composed config equals the dataclasses' defaults."""
     from metacam.config import DataConfig, HeldoutConfig, RoadConfig
-    from metacam.deletion import DeletionConfig
+    from metacam.evaluation.deletion import DeletionConfig
 
     with composed() as cfg:
         spec = job_spec(cfg)

@@ -309,7 +309,7 @@ class _OOMWhenLarge(torch.nn.Module):
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_scores(caplog):
     from metacam.config import RoadConfig
-    from metacam.roadscore import Probe, road_many
+    from metacam.evaluation.roadscore import Probe, road_many
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),

@@ -155,7 +155,7 @@ def test_controls_are_scored_for_every_image_in_the_all_groups_job(tmp_path):
 def test_the_smooth_noise_control_ignores_the_pixels_and_the_shuffled_uses_another_image():
     import torch
 
-    from metacam.roadscore import Probe
+    from metacam.evaluation.roadscore import Probe
     from metacam.sweep.scoring import smooth_noise
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4))

@@ -2,7 +2,7 @@
 
 For a saliency map A of image x with target c and removal percentages P:
 MoRF_p removes the p% most relevant pixels, LeRF_p the p% least relevant, by
-noisy linear imputation (:mod:`metacam.imputation`); f is the target's softmax
+noisy linear imputation (:mod:`metacam.evaluation.imputation`); f is the target's softmax
 probability. We report
 
 * ``morf`` = mean_p f(MoRF_p) - f(x) and ``lerf`` = mean_p f(LeRF_p) - f(x)
@@ -35,7 +35,7 @@ from metacam.batching import Batches
 from metacam.config import RoadConfig, check_percentiles
 from metacam.ensemble import percentile_of_sorted
 from metacam.errors import MetaCAMError
-from metacam.imputation import impute_masks
+from metacam.evaluation.imputation import impute_masks
 from metacam.progress import NO_PROGRESS, Progress
 from metacam.seeds import check_ids, stream_seed
 

@@ -1,0 +1,1 @@
+"""The evaluation engine: how MetaCAM scores saliency maps (placeholder, filled below)."""
