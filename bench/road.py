@@ -30,15 +30,15 @@ from pytorch_grad_cam.metrics import road as grad_cam_road
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 import metacam.evaluation.roadscore as roadscore
-from metacam.evaluation.adaptive import adaptive_threshold
 from metacam.cams import compute_members
 from metacam.config import DEFAULT_KS, RoadConfig
 from metacam.ensemble import metacam_maps, threshold_maps
+from metacam.evaluation.adaptive import adaptive_threshold
+from metacam.evaluation.imputation import impute_masks, linear_impute_reference
+from metacam.evaluation.roadscore import Probe, RoadStats, road_many
 from metacam.groups import GroupSet, default_groups
 from metacam.images import load_image
-from metacam.evaluation.imputation import impute_masks, linear_impute_reference
 from metacam.models import load_model
-from metacam.evaluation.roadscore import Probe, RoadStats, road_many
 
 PERCENTILES = (20.0, 40.0, 60.0, 80.0)
 PAPER_SCALE = 1000 * 3 * 64 * 20 * 4 * 2  # perturbed images of the paper-scale study

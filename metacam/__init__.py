@@ -24,6 +24,11 @@ _EXPORTS = {
     "impute": "metacam.evaluation.imputation",
     "road": "metacam.evaluation.roadscore",
     "adaptive_threshold": "metacam.evaluation.adaptive",
+    "Probe": "metacam.evaluation.roadscore",
+    "Evaluator": "metacam.evaluation.engine",
+    "map_metric": "metacam.evaluation.registry",
+    "model_metric": "metacam.evaluation.registry",
+    "METRICS": "metacam.evaluation.registry",
     "DEFAULT_GROUPS": "metacam.groups",
 }
 

@@ -21,18 +21,18 @@ import torch
 from matplotlib.figure import Figure
 
 from metacam import __version__
-from metacam.evaluation.adaptive import choose_k, score_methods
 from metacam.atomic import write_atomically
 from metacam.cams import MemberOptions, compute_members, resolve_members
 from metacam.config import DEFAULT_KS, HeldoutConfig, RoadConfig, check_ks
 from metacam.ensemble import metacam_maps, threshold_maps
 from metacam.errors import MetaCAMError
+from metacam.evaluation.adaptive import choose_k, score_methods
+from metacam.evaluation.roadscore import Probe, RoadStats, road_many
 from metacam.figures import Panel, overlay_figure, save_figure
 from metacam.groups import default_groups
 from metacam.images import ImageProblem, LoadedImage
 from metacam.models import ModelBundle
 from metacam.progress import NO_PROGRESS, Progress
-from metacam.evaluation.roadscore import Probe, RoadStats, road_many
 
 METACAM = "metacam"
 PLAIN_K = 100.0

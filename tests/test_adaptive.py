@@ -5,9 +5,9 @@ import torch
 import torchvision
 
 import metacam.evaluation.adaptive as adaptive_module
-from metacam.evaluation.adaptive import adaptive_threshold, choose_k
 from metacam.ensemble import metacam_map, top_k_mask
 from metacam.errors import MetaCAMError
+from metacam.evaluation.adaptive import adaptive_threshold, choose_k
 from metacam.evaluation.roadscore import RoadScores, road
 from tests.cams.conftest import randomise_batchnorm
 

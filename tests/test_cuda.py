@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from metacam.cams import member_cams
-from metacam.models import load_model
 from metacam.evaluation.roadscore import road
+from metacam.models import load_model
 
 pytestmark = [
     pytest.mark.cuda,

@@ -10,6 +10,7 @@ import scipy.ndimage
 import torch
 from torch import nn
 
+from metacam.errors import MetaCAMError
 from metacam.evaluation.deletion import (
     DeletionConfig,
     blur,
@@ -17,7 +18,6 @@ from metacam.evaluation.deletion import (
     gaussian_kernel,
     step_counts,
 )
-from metacam.errors import MetaCAMError
 
 # float32 unit roundoff: the counting model below computes its probabilities with
 # one sum of at most 100 exact 0/1 terms, a division and a softmax of two logits,

@@ -30,10 +30,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metacam.errors import MetaCAMError
 from metacam.evaluation import _impute_native as native
 from metacam.evaluation import _multigrid as mg
 from metacam.evaluation import imputation
-from metacam.errors import MetaCAMError
 from metacam.evaluation.imputation import (
     DEFAULT_TOL,
     impute,

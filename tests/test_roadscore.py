@@ -12,7 +12,14 @@ import metacam.evaluation.roadscore as road_module
 from metacam.config import RoadConfig
 from metacam.ensemble import top_k_mask
 from metacam.errors import MetaCAMError
-from metacam.evaluation.roadscore import Probe, RoadStats, relevance_ranks, removal_counts, road, road_many
+from metacam.evaluation.roadscore import (
+    Probe,
+    RoadStats,
+    relevance_ranks,
+    removal_counts,
+    road,
+    road_many,
+)
 from tests.cams.conftest import randomise_batchnorm
 
 P = (20, 40, 60, 80)

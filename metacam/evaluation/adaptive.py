@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from metacam.config import DEFAULT_KS, RoadConfig, check_ks
 from metacam.ensemble import metacam_maps, threshold_maps
-from metacam.progress import NO_PROGRESS, Progress
 from metacam.evaluation.roadscore import Probe, RoadScores, RoadStats, road_many
+from metacam.progress import NO_PROGRESS, Progress
 
 
 @dataclass

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metacam.errors import MetaCAMError
 from metacam.evaluation import _impute_native as native
 from metacam.evaluation import _multigrid as mg
-from metacam.errors import MetaCAMError
 
 __all__ = ["impute", "impute_masks", "linear_impute", "linear_impute_reference"]
 

@@ -18,7 +18,7 @@ from metacam.sweep.design import (
     study_units,
 )
 from metacam.sweep.runner import JobReport, load_bundle, run_job, write_manifest
-from metacam.sweep.spec import Job, JobSpec, build, validate
+from metacam.sweep.spec import Job, JobSpec, StudyConfig, build, validate
 from metacam.sweep.targets import TargetRule
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Job",
     "JobReport",
     "JobSpec",
+    "StudyConfig",
     "TargetRule",
     "all_experiments",
     "build",

@@ -106,7 +106,10 @@ def test_every_option_composes_and_validates(group, option):
     if group == "model":
         assert spec.model.name == cfg.model.name
     if group == "threshold":
-        assert spec.ks == [float(k) for k in cfg.threshold.ks] and spec.ks[-1] == 100
+        from metacam.config import DEFAULT_KS, FINE_KS
+
+        expected = {"deciles": list(DEFAULT_KS), "fine": list(FINE_KS), "plain": [100.0]}[option]
+        assert [float(k) for k in spec.threshold.ks] == expected  # the grid each option names
     if group == "road":
         assert spec.road.ties == {"default": "random", "paper": "inclusive"}[option]
 

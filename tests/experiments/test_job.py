@@ -156,7 +156,10 @@ def test_the_smooth_noise_control_ignores_the_pixels_and_the_shuffled_uses_anoth
     import torch
 
     from metacam.evaluation.roadscore import Probe
-    from metacam.sweep.scoring import smooth_noise
+    from metacam.sweep.controls import CONTROLS, ControlInput
+
+    def smooth_noise(probe):  # through the registry, as the scoring calls it
+        return CONTROLS["smooth_noise"].make(ControlInput(probe, {}, [], [], lambda entry: None))
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4))
     a = Probe.of(net, torch.zeros(1, 3, 32, 32), image_ids=["x"], seed=0)
