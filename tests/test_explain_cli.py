@@ -26,13 +26,24 @@ def test_explain_writes_figure_table_and_maps(tmp_path, capsys, lite0):
     out = tmp_path / "out"
     code, stdout, _ = run(capsys, "sample:coffee", *FAST, "--save-maps", "--out", out)
     assert code == 0
-    table = pd.read_csv(out / "scores.csv")
-    assert list(table["method"]) == ["gradcam", "hirescam", "gradcam_elementwise", "metacam"]
+    table = pd.read_csv(out / "scores.csv", dtype={"percentiles": str, "heldout_percentiles": str})
+    # the sweep's rows: per method its k* row (a fixed k: 50) and its plain (k = 100) row
+    methods = ["gradcam", "hirescam", "gradcam_elementwise", "metacam"]
+    assert list(table["method"]) == [m for m in methods for _ in range(2)]
+    assert list(table["k"]) == [50, 100] * 4 and list(table["is_best_k"]) == [True, False] * 4
+    assert list(table["kind"]) == ["single"] * 6 + ["metacam"] * 2
     assert (table["target_class"] == 967).all() and (table["target_name"] == "espresso").all()
     assert table["target_prob"].iloc[0] == pytest.approx(0.90, abs=0.02)
-    assert (table["k_star"] == 50).all()  # a fixed k
-    assert table[["road_plain", "road_adaptive"]].abs().max().max() <= 1
-    assert table["road_plain"].iloc[0] > 0.1  # Grad-CAM on coffee is a good explanation
+    scores = ["road_combined", "road_heldout_combined", "deletion_auc", "insertion_auc", "sparseness", "complexity"]
+    assert table[scores].notna().all().all() and (table["status"] == "ok").all()
+    assert table[["road_combined", "road_heldout_combined"]].abs().max().max() <= 1
+    plain = table[table["k"] == 100].set_index("method")
+    assert plain.loc["gradcam", "road_combined"] > 0.1  # Grad-CAM on coffee is a good explanation
+    assert plain.loc["gradcam", "deletion_auc"] < plain.loc["gradcam", "insertion_auc"]  # and by RISE too
+    chosen = table[table["is_best_k"]].set_index("method")
+    # k = 50 zeros half the map: more concentrated (Gini up) and simpler (entropy down)
+    assert (chosen["sparseness"] > plain["sparseness"]).all() and (chosen["complexity"] < plain["complexity"]).all()
+    assert (table["road_ties"] == "random").all() and (table["percentiles"] == "50").all()
     assert pd.read_parquet(out / "scores.parquet").equals(table)
 
     image = load_image("sample:coffee")

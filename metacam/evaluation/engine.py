@@ -28,8 +28,10 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from metacam import __version__
 from metacam.batching import OutOfMemory
 from metacam.config import DEFAULT_KS, PLAIN_K, HeldoutConfig, RoadConfig, check_ks
+from metacam.device import device_name
 from metacam.evaluation.adaptive import AdaptiveResult, candidate_maps, choose_k, score_methods
 from metacam.evaluation.deletion import DeletionConfig
 from metacam.evaluation.registry import (
@@ -174,11 +176,14 @@ class Evaluator:
         """The dataset's ``"metrics"`` list (CONTRACTS §1)."""
         return entries(self.metrics)
 
-    def provenance(self) -> dict:
-        """The settings every row records: tie rule, percentiles, held-out percentiles, noise."""
+    def provenance(self, *, seed: int, device: torch.device) -> dict:
+        """The provenance columns every row records: ROAD's tie rule, percentiles, held-out
+        percentiles and noise, the seed, the device (``cpu: AMD EPYC``), torch and metacam."""
         heldout = self.heldout.percentiles if self.heldout is not None else []
         return {"road_ties": self.road.ties, "percentiles": _numbers(self.road.percentiles),
-                "heldout_percentiles": _numbers(heldout), "noise": self.road.noise}
+                "heldout_percentiles": _numbers(heldout), "noise": self.road.noise, "seed": seed,
+                "device": device_name(device), "torch_version": torch.__version__,
+                "metacam_version": __version__}
 
     def evaluate(
         self,

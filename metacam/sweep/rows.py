@@ -7,7 +7,6 @@ one ``status`` row saying why.
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,21 +20,6 @@ from metacam.models import ModelBundle
 from metacam.schema import file_metadata, results_schema
 from metacam.sweep.design import Experiment
 from metacam.sweep.spec import Job, as_plain
-
-
-def device_name(device: torch.device) -> str:
-    """``cuda:0: NVIDIA H200`` or ``cpu: AMD EPYC`` (the CPU model from /proc/cpuinfo)."""
-    if device.type == "cuda":
-        return f"{device}: {torch.cuda.get_device_name(device)}"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model}"
 
 
 @dataclass(frozen=True)
@@ -55,13 +39,7 @@ class Provenance:
         """model: the model key (metacam.sweep.design.model_key), the ``model`` column: it
         tells apart weights of one architecture (checkpoints, seeds, input sizes)."""
         spec, evaluator = job.spec, job.evaluator
-        fixed = {
-            **evaluator.provenance(),
-            "seed": spec.seed,
-            "device": device_name(bundle.device),
-            "torch_version": torch.__version__,
-            "metacam_version": __version__,
-        }
+        fixed = evaluator.provenance(seed=spec.seed, device=bundle.device)
         heldout = evaluator.heldout.percentiles if evaluator.heldout is not None else []
         record = {
             "ties": evaluator.road.ties,
