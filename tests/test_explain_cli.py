@@ -116,6 +116,10 @@ def test_bad_images_are_reported_one_line_each_and_the_rest_processed(tmp_path, 
         (["--target", "teapot-ish"], "--target 'teapot-ish' is not a class of efficientnet_lite0"),
         (["--target", "1000"], "--target 1000 is outside 0..999"),
         (["--device", "tpu"], "tpu"),
+        (["--metrics", "tests.nowhere:m"], "metric plug-in tests.nowhere:m: cannot import tests.nowhere"),
+        (["--metrics", "tests.metric_plugins:undecorated"], "undecorated is not marked with @metacam.map_metric"),
+        (["--metrics", "tests.metric_plugins:sparseness"], "its column 'sparseness' clashes with the metric sparseness"),
+        (["--metrics", "tests.metric_plugins:renamed_onto_a_results_column"], "its column 'status' clashes with a column"),
     ],
 )
 def test_bad_options_are_one_line_errors(capsys, args, message):

@@ -253,6 +253,7 @@ def test_corrupt_cache_entry_in_a_sweep_gives_the_same_rows(tmp_path):
         ("threshold.ks=[0,50]", "k=0 is outside (0, 100]"),
         ("road=exact", "road"),
         ("road.tiess=random", "tiess"),
+        ("metrics=[tests.nowhere:metric]", "metric plug-in tests.nowhere:metric: cannot import tests.nowhere"),
     ],
 )
 def test_bad_override_is_one_error_before_any_job_starts(tmp_path, override, message):

@@ -205,6 +205,11 @@ def test_units_do_not_depend_on_the_shard_count(tmp_path):
         ("combo_id=64", "combo_id 64 is outside 0..63"),
         ("model.name=resnet5O", "unknown model 'resnet5o'"),
         ("deletion.steps=0", "deletion steps=0"),
+        ("metrics=[tests.nowhere:m]", "metric plug-in tests.nowhere:m: cannot import tests.nowhere"),
+        ("metrics=[tests.metric_plugins:undecorated]", "undecorated is not marked with @metacam.map_metric"),
+        ("metrics=[tests.metric_plugins:sparseness]", "its column 'sparseness' clashes with the metric sparseness"),
+        ("metrics=[tests.metric_plugins:renamed_onto_a_results_column]",
+         "its column 'status' clashes with a column of the results"),
     ],
 )
 def test_validation_errors_before_any_job(override, message, tmp_path):
