@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 
-from metacam.evaluation.registry import builtins, entries
+from metacam.evaluation.registry import builtins
 
 # The experiment kinds: one word each, used by name everywhere through these constants.
 KIND_METACAM = "metacam"  # a combination of groups (combo_id)
@@ -65,10 +65,18 @@ _AFTER_SCORES: list[tuple[str, pa.DataType]] = [
 ]
 
 
+def v02_metrics() -> list[dict]:
+    """The metrics list of a dataset that records none: version 0.2's five (ROAD combined,
+    MoRF, LeRF, deletion, insertion; CONTRACTS §1's reader default). A sweep writes its
+    own list; this is the default of :func:`results_schema` and :func:`file_metadata`."""
+    return [entry for m in builtins() for score, entry in zip(m.scores, m.entries(), strict=True)
+            if not score.optional]
+
+
 def metric_columns(metrics: Sequence[Mapping] | None = None) -> list[str]:
-    """The score columns of a run's metrics list (CONTRACTS §1 entries; None: the
-    built-ins): the in-sample columns, then the chosen columns, in the list's order."""
-    listed = entries(builtins()) if metrics is None else metrics
+    """The score columns of a run's metrics list (CONTRACTS §1 entries; None:
+    :func:`v02_metrics`): the in-sample columns, then the chosen columns, in the list's order."""
+    listed = v02_metrics() if metrics is None else metrics
     insample = [m["insample_column"] for m in listed if m.get("insample_column")]
     chosen = [m["chosen_column"] for m in listed if m.get("chosen_column")]
     return list(dict.fromkeys([*insample, *chosen]))
@@ -79,9 +87,7 @@ FIXED_COLUMNS: tuple[str, ...] = tuple(name for name, _ in (*_BEFORE_FLAGS, *_UN
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "sweep_id", "kind", "combo_id", "method", "model", "target_layer", "image_id",
-    "target_class", "target_rank", "target_prob", "k",
-    *(c for m in builtins() for s in m.scores if not s.optional
-      for c in (s.insample_column, s.chosen_column) if c),
+    "target_class", "target_rank", "target_prob", "k", *metric_columns(),
     "is_best_k", "seed", "device", "metacam_version", "status",
 )  # fmt: skip
 """DESIGN §3's columns (plus one g_<group> per group): all a reader may rely on.
@@ -96,7 +102,7 @@ def flag_columns(group_names: Sequence[str]) -> tuple[str, ...]:
 def results_schema(group_names: Sequence[str], metadata: Mapping[bytes, bytes] | None = None,
                    metrics: Sequence[Mapping] | None = None) -> pa.Schema:
     """The schema of a sweep with these groups (in order) and metrics (CONTRACTS §1
-    entries; None: the built-ins), with optional file metadata."""
+    entries; None: :func:`v02_metrics`), with optional file metadata."""
     fields = [
         *_BEFORE_FLAGS,
         *[(column, pa.bool_()) for column in flag_columns(group_names)],
@@ -115,9 +121,9 @@ def file_metadata(groups: list[dict], provenance: Mapping[str, object],
     groups: ``GroupSet.to_json()`` (name, members, control per group, in order).
     provenance: torch version, device, ROAD and held-out settings, k grid, seed, ...
     metrics: the ``"metrics"`` list (CONTRACTS §1), one entry per analysable score in the
-    order they were computed (None: the built-ins').
+    order they were computed (None: :func:`v02_metrics`).
     """
-    listed = entries(builtins()) if metrics is None else [dict(m) for m in metrics]
+    listed = v02_metrics() if metrics is None else [dict(m) for m in metrics]
     record = {"format": METADATA_FORMAT, "groups": groups, "provenance": dict(provenance), "metrics": listed}
     return {METADATA_KEY: json.dumps(record, sort_keys=True, default=str).encode()}
 

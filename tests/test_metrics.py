@@ -112,8 +112,11 @@ def test_the_builtin_entries_are_the_contract():
     assert [(e["key"], e["label"], e["insample_column"], e["chosen_column"], e["higher_is_better"], e["headline"])
             for e in recorded] == BUILTIN_ENTRIES
     assert all(e["source"] == "builtin" and e["source_hash"] is None for e in recorded)
-    record = read_file_metadata(results_schema(["a"], file_metadata([], {})))
+    record = read_file_metadata(results_schema(["a"], file_metadata([], {}, recorded), recorded))
     assert record["format"] == 3 and record["metrics"] == recorded
+    # without a list: a dataset that records none, version 0.2's five (CONTRACTS §1's reader default)
+    legacy = read_file_metadata(results_schema(["a"], file_metadata([], {})))
+    assert legacy["metrics"] == recorded[:5] and "sparseness" not in results_schema(["a"]).names
 
 
 def test_a_plugin_is_imported_registered_and_recorded():

@@ -26,7 +26,7 @@ def test_tables_follow_the_schema_and_record_the_groups(n_groups):
     for _, table in tables:
         assert table.schema.equals(results_schema(groups.names))  # (metadata aside)
         record = read_file_metadata(table.schema)
-        assert record is not None and record["format"] == 2
+        assert record is not None and record["format"] == 3  # CONTRACTS §1: the "metrics" list
         assert GroupSet.from_json(record["groups"]) == groups
         assert record["provenance"]["ties"] == "random"
 
