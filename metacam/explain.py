@@ -26,7 +26,7 @@ from metacam.cams import MemberOptions, compute_members, resolve_members
 from metacam.config import DEFAULT_KS, PLAIN_K, check_ks
 from metacam.errors import MetaCAMError
 from metacam.evaluation.adaptive import candidate_maps
-from metacam.evaluation.engine import EvaluationStats, Evaluator
+from metacam.evaluation.engine import EvaluationStats, Evaluator, MapSource
 from metacam.evaluation.roadscore import Probe
 from metacam.figures import Panel, overlay_figure, save_figure
 from metacam.groups import default_groups
@@ -160,7 +160,7 @@ def explain_image(
         return ImageExplanation(image, target, target_prob, maps, rows)
 
     probe = Probe.of(bundle.net, x, members.targets, image_ids=ids, seed=options.seed)
-    sources = {**{name: members.maps[name] for name in names}, METACAM: ensemble}
+    sources: dict[str, MapSource] = {**{name: members.maps[name] for name in names}, METACAM: ensemble}
     evaluation = options.evaluation.evaluate(probe, sources, stats=stats, progress=progress)
     provenance = options.evaluation.provenance(seed=options.seed, device=bundle.device)
     rows = []

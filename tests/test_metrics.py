@@ -25,6 +25,7 @@ from metacam.evaluation.registry import METRICS, resolve_metric, resolve_metrics
 from metacam.evaluation.roadscore import Probe
 from metacam.schema import FIXED_COLUMNS, file_metadata, read_file_metadata, results_schema
 from tests import metric_plugins
+from tests.experiments.test_faults import _OOMWhenLarge
 
 # CONTRACTS §1's table of built-in entries, in order
 BUILTIN_ENTRIES = [
@@ -179,18 +180,6 @@ def test_probe_probabilities_and_impute_are_ROADs():
     assert torch.equal(difference[:, :, ~removed[0]][0], torch.zeros_like(difference[:, :, ~removed[0]][0]))
     assert 0.005 < float(difference[0][:, removed[0]].std()) < 0.02
     assert torch.equal(noisy, probe.impute(removed))  # seeded per image: the same draw again
-
-
-class _OOMWhenLarge(torch.nn.Module):
-    def __init__(self, net, limit):
-        super().__init__()
-        self.net, self.limit, self.sizes = net, limit, []
-
-    def forward(self, x):
-        self.sizes.append(x.shape[0])
-        if x.shape[0] > self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        return self.net(x)
 
 
 def test_probe_probabilities_obey_the_batch_size_and_the_oom_back_off():

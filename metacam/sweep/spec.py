@@ -73,10 +73,10 @@ class JobSpec(StudyConfig):
         mapping (one-line errors), plus the job's own fields ``job``."""
         get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
         types = get_type_hints(StudyConfig)
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(StudyConfig):
             value, kind = get(f.name), types[f.name]
-            values[f.name] = build(kind, value, f.name) if is_dataclass(kind) else value
+            values[f.name] = build(kind, value, f.name) if isinstance(kind, type) and is_dataclass(kind) else value
         return cls(**values, **job)
 
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from metacam.cache import EntryKey, MemberCache
+from metacam.evaluation.registry import builtins, entries
 from metacam.experiments.plan import job_spec
 from metacam.results import result_files
 from metacam.schema import results_schema
@@ -135,7 +136,7 @@ def test_unreadable_image_gets_a_status_row_and_the_rest_is_scored(tmp_path):
     good = frame[frame["status"] == "ok"]
     assert len(good) == 4 * 3 and good["road_combined"].notna().all()  # 4 experiments x 3 ks
     assert good.groupby(["kind", "method"])["is_best_k"].sum().eq(1).all()
-    assert list(frame.columns) == results_schema(["gradcam", "eigen"]).names
+    assert list(frame.columns) == results_schema(["gradcam", "eigen"], None, entries(builtins())).names
 
 
 def _race(root: str, barrier, results) -> None:
