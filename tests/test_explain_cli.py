@@ -24,7 +24,8 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 def test_explain_writes_figure_table_and_maps(tmp_path, capsys, lite0):
     out = tmp_path / "out"
-    code, stdout, _ = run(capsys, "sample:coffee", *FAST, "--save-maps", "--out", out)
+    code, stdout, _ = run(capsys, "sample:coffee", *FAST, "--save-maps", "--metrics",
+                          "tests.metric_plugins:mean_relevance", "--out", out)
     assert code == 0
     table = pd.read_csv(out / "scores.csv", dtype={"percentiles": str, "heldout_percentiles": str})
     # the sweep's rows: per method its k* row (a fixed k: 50) and its plain (k = 100) row
@@ -54,6 +55,9 @@ def test_explain_writes_figure_table_and_maps(tmp_path, capsys, lite0):
     )["gradcam"][0]
     assert maps["gradcam"].shape == (224, 224) and maps["gradcam"].dtype == np.float32
     assert np.abs(maps["gradcam"] - expected.numpy()).max() <= 1e-5
+    # the plug-in metric's column: its value on the plain map, and on MetaCAM's k* map
+    assert plain.loc["gradcam", "mean_relevance"] == pytest.approx(float(maps["gradcam"].mean()), abs=1e-6)
+    assert chosen.loc["metacam", "mean_relevance"] == pytest.approx(float(maps["metacam"].mean()), abs=1e-6)
     assert 0 <= maps["metacam"].min() and maps["metacam"].max() <= 1
     # MetaCAM at k = 50 keeps about half the pixels
     assert 0.4 <= (maps["metacam"] > 0).mean() <= 0.6

@@ -102,11 +102,11 @@ class MethodEvaluation:
         best = int(self.adaptive.best_index[i])
         rows = []
         for j, k in enumerate(self.ks):
-            row: dict = {"k": k, **{c: float(v[i, j]) for c, v in self.insample.items()}, "is_best_k": j == best}
+            row: dict = {"k": k, **{c: float(v[i, j]) for c, v in self.insample.items()}}
             slot = 0 if j == best else (1 if k == PLAIN_K else None)
             if slot is not None:
                 row.update({c: _nullable(float(v[i, slot])) for c, v in self.chosen.items()})
-            rows.append(row)
+            rows.append({**row, "is_best_k": j == best})  # the schema's column order
         return rows
 
 
