@@ -7,13 +7,15 @@ forward passes (in-sample ROAD, held-out ROAD, deletion/insertion), imputation a
 rest; the goals: wall <= 1.6 x the forward-pass seconds (issue 11), and held-out
 re-scoring plus the second metric <= 30% of the rest (issue 12). Also the member cache's
 speed-up: what every job recomputing its own members would cost.
-Before/after: ``--baseline [REV]`` runs the same sweep with an earlier revision (default:
-version 0.2, bench/baseline.py) in a subprocess beside this tree's, one after the other
+Before/after: ``--baseline [--baseline-rev REV]`` runs the same sweep with an earlier
+revision (default: version 0.2, bench/baseline.py) in a subprocess beside this tree's, one after the other
 on separate output folders (so neither reuses the other's member cache), and prints the
-wall times side by side (goal: no more than 10% slower) and what the metrics without a
-forward pass (sparseness, complexity) cost (goal: under 1% of the sweep). Give it a
+wall and CPU times side by side, best of ``--rounds`` alternating runs (goal: no more than
+10% slower) and what the metrics without a forward pass (sparseness, complexity) cost
+(goal: under 1% of the sweep). On a shared machine forward passes at 2 threads vary
+several-fold with the load; ``OMP_NUM_THREADS=1`` makes both trees' times steadier. Give it a
 reduced workload, e.g. ``data.images=[sample:coffee]`` (64 jobs on one photo).
-Run: python bench/sweep.py [--study [--compare]] [--baseline [REV]] [--out DIR] [extra overrides...]
+Run: python bench/sweep.py [--study [--compare]] [--baseline [--baseline-rev REV]] [--out DIR] [overrides...]
 """
 
 from __future__ import annotations
@@ -66,6 +68,14 @@ def run_sweep(out: Path, overrides: list[str], rev: str | None = None) -> tuple[
         values = [v if v is not None else "0" for v in match.groups()]
         jobs.append({k: (v if k == "model" else float(v)) for k, v in zip(keys, values, strict=True)})
     return wall, jobs
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def split(wall: float, jobs: list[dict], label: str) -> dict:
@@ -135,8 +145,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
     parser.add_argument("--study", action="store_true", help="3 models x the sample photos x top-1")
     parser.add_argument("--compare", action="store_true", help="with --study: also each model alone")
-    parser.add_argument("--baseline", nargs="?", const="v0.2", default=None, metavar="REV",
-                        help="also run REV (default: version 0.2) on the same workload, before this tree")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run an earlier revision (--baseline-rev) on the same workload, before this tree")
+    parser.add_argument("--baseline-rev", default=None, metavar="REV", help="default: version 0.2")
+    parser.add_argument("--rounds", type=int, default=1, help="with --baseline: alternating runs of each")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="metacam-bench-sweep-"))
@@ -160,14 +172,23 @@ def main() -> int:
     elif args.baseline:
         from baseline import BASELINE
 
-        rev = BASELINE if args.baseline == "v0.2" else args.baseline
-        old_wall, old_jobs = run_sweep(out / "baseline", list(args.overrides), rev)
-        old = split(old_wall, old_jobs, f"{rev} (baseline)")
-        wall, jobs = run_sweep(out / "now", list(args.overrides))
-        new = split(wall, jobs, "this tree")
-        print(f"\nbefore/after on the same workload ({' '.join(args.overrides) or 'the default sweep'}), "
-              f"CPU: {cpu_name()}:")
-        for label, before, after in (("wall time", old_wall, wall), ("in jobs", old["job"], new["job"]),
+        rev = args.baseline_rev or BASELINE
+        runs: dict[str, list[tuple[float, float, list[dict]]]] = {rev: [], "this tree": []}
+        for round_ in range(args.rounds):  # alternating, so a change in the machine's load hits both
+            for name in runs:
+                folder = out / f"{'baseline' if name == rev else 'now'}-{round_}"  # a cold member cache each
+                cpu = _children_cpu()
+                wall, jobs = run_sweep(folder, list(args.overrides), rev if name == rev else None)
+                runs[name].append((wall, _children_cpu() - cpu, jobs))
+        best = {name: min(found, key=lambda run: run[0]) for name, found in runs.items()}
+        totals = {name: split(wall, jobs, name) for name, (wall, _, jobs) in best.items()}
+        old, new = totals[rev], totals["this tree"]
+        cpu_old, cpu_new = (min(run[1] for run in runs[name]) for name in runs)
+        print(f"\nbefore/after on the same workload ({' '.join(args.overrides) or 'the default sweep'}), best of "
+              f"{args.rounds} alternating run(s) each, {torch.get_num_threads()} threads, CPU: {cpu_name()}:")
+        for label, before, after in (("wall time", best[rev][0], best["this tree"][0]),
+                                     ("CPU time of the sweep process", cpu_old, cpu_new),
+                                     ("in jobs", old["job"], new["job"]),
                                      ("member maps", old["members"], new["members"]),
                                      ("held-out + deletion/insertion", old["heldout"] + old["deletion"],
                                       new["heldout"] + new["deletion"])):
