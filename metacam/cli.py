@@ -95,7 +95,7 @@ def _explain_parser(commands: argparse._SubParsersAction) -> None:
         "--k",
         default="auto",
         help=f"auto (adaptive over {_grid(DEFAULT_KS)}; default), a percentage, or a grid like "
-        f"{_grid(FINE_KS)}",
+        f"10,50,100 (DESIGN's finer grid: {_grid(FINE_KS[:3])},...,100)",
     )
     parser.add_argument(
         "--metrics",
