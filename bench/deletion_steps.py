@@ -14,8 +14,8 @@ import torch
 from scipy import stats
 
 from metacam.cams import compute_members
-from metacam.deletion import DeletionConfig, deletion_insertion
 from metacam.ensemble import metacam_map, top_k_mask
+from metacam.evaluation.deletion import DeletionConfig, deletion_insertion
 from metacam.images import load_images
 from metacam.models import load_model
 

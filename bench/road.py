@@ -11,9 +11,16 @@ with real weights, 224 x 224), measured in one run on this machine:
 * a projection of the paper-scale study (1,000 images x 3 models x 64 experiments x
   20 k x 4 p x MoRF/LeRF) from the measured per-image rate.
 
-With --full also the per-image 64 x 20 x 4 sweep of every MetaCAM combination (the GPU
-goal: <= 1 s on an H200) and imputation vs forward throughput at batch 512.
-Run: python bench/road.py [--device cuda] [--full]
+* before/after: the same road_many workload timed by this tree and by an earlier
+  revision (default: version 0.2, bench/baseline.py), each in its own subprocess,
+  alternating, best of ``--repeats``: their ratios side by side (goal: no ratio worse
+  by more than 10%).
+
+The workload is 20 thresholds (config.FINE_KS, DESIGN's grid), as since version 0.1,
+whatever the default k grid. With --full also the per-image 64 x 20 x 4 sweep of every
+MetaCAM combination (the GPU goal: <= 1 s on an H200) and imputation vs forward
+throughput at batch 512.
+Run: python bench/road.py [--device cuda] [--full] [--baseline REV | --no-baseline]
 """
 
 from __future__ import annotations
@@ -29,16 +36,16 @@ import torch
 from pytorch_grad_cam.metrics import road as grad_cam_road
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-import metacam.roadscore as roadscore
-from metacam.adaptive import adaptive_threshold
+import metacam.evaluation.roadscore as roadscore
 from metacam.cams import compute_members
-from metacam.config import DEFAULT_KS, RoadConfig
+from metacam.config import FINE_KS, RoadConfig
 from metacam.ensemble import metacam_maps, threshold_maps
+from metacam.evaluation.adaptive import adaptive_threshold
+from metacam.evaluation.imputation import impute_masks, linear_impute_reference
+from metacam.evaluation.roadscore import Probe, RoadStats, road_many
 from metacam.groups import GroupSet, default_groups
 from metacam.images import load_image
-from metacam.imputation import impute_masks, linear_impute_reference
 from metacam.models import load_model
-from metacam.roadscore import Probe, RoadStats, road_many
 
 PERCENTILES = (20.0, 40.0, 60.0, 80.0)
 PAPER_SCALE = 1000 * 3 * 64 * 20 * 4 * 2  # perturbed images of the paper-scale study
@@ -96,12 +103,72 @@ def timed_road(probe: Probe, maps: torch.Tensor, config: RoadConfig, repeats: in
     return best, best_stats
 
 
+# The timed workload, runnable by this tree and by the baseline's (where ROAD lived in
+# metacam.roadscore): prints {"wall", "forward", "impute", "total"} of the best run as JSON.
+WORKLOAD = """
+import json, sys, time, torch
+try:
+    from metacam.evaluation.roadscore import Probe, RoadStats, road_many
+except ImportError:  # version 0.2
+    from metacam.roadscore import Probe, RoadStats, road_many
+from metacam.cams import compute_members
+from metacam.config import RoadConfig
+from metacam.ensemble import threshold_maps
+from metacam.images import load_image
+from metacam.models import load_model
+image, repeats = sys.argv[1], int(sys.argv[2])
+bundle = load_model("efficientnet_lite0", "cpu")
+x = bundle.preprocess([load_image("sample:" + image).image])
+members = compute_members(bundle.net, x, bundle.target_layer, methods=["gradcam"], image_ids=[image])
+probe = Probe.of(bundle.net, x, members.targets, image_ids=[image])
+candidates = threshold_maps(members.maps["gradcam"], [float(k) for k in range(5, 101, 5)])
+config = RoadConfig(percentiles=[20.0, 40.0, 60.0, 80.0])
+best = None
+for repeat in range(repeats + 1):
+    stats = RoadStats()
+    start = time.perf_counter()
+    road_many(probe, candidates, config, stats=stats)
+    wall = time.perf_counter() - start
+    if repeat and (best is None or wall < best["wall"]):
+        best = {"wall": wall, "forward": stats.forward_seconds, "impute": stats.impute_seconds,
+                "total": stats.total_seconds}
+print(json.dumps(best))
+"""
+
+
+def before_after(image: str, repeats: int, rev: str) -> None:
+    """road_many's workload timed by this tree and by ``rev``, alternating subprocesses."""
+    import json
+    import subprocess
+
+    from baseline import run_json
+
+    runs: dict[str, list[dict]] = {"now": [], rev: []}
+    for _ in range(2):
+        runs[rev].append(run_json(f"import sys; sys.argv = ['', {image!r}, '{repeats}']\n{WORKLOAD}", rev))
+        done = subprocess.run([sys.executable, "-c", WORKLOAD, image, str(repeats)], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+        runs["now"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    best = {name: min(found, key=lambda r: r["wall"]) for name, found in runs.items()}
+    print(f"\nbefore/after, road_many on 20 maps x 4 p, best of {2 * repeats} runs each "
+          f"(alternating subprocesses, CPU: {cpu_name()}):")
+    print(f"{'':28s} {rev:>10s} {'this tree':>10s} {'after/before':>13s}")
+    for label, value in (("wall seconds", lambda r: r["wall"]),
+                         ("imputation / forward", lambda r: r["impute"] / r["forward"]),
+                         ("ROAD total / forward", lambda r: r["total"] / r["forward"])):
+        old, new = value(best[rev]), value(best["now"])
+        verdict = "ok" if new <= 1.1 * old else "REGRESSION (> 10%)"
+        print(f"{label:28s} {old:10.3f} {new:10.3f} {new / old:12.2f}x  {verdict}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--image", default="chelsea")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--full", action="store_true", help="also the 64 x 20 x 4 per-image sweep")
+    parser.add_argument("--baseline", default=None, help="revision to compare with (default: version 0.2)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the before/after comparison")
     args = parser.parse_args()
     device = torch.device(args.device)
     bundle = load_model("efficientnet_lite0", device)
@@ -116,7 +183,7 @@ def main() -> int:
           f"k in 5..100 (20), p in {PERCENTILES}")
 
     probe = Probe.of(net, x, members.targets, image_ids=[args.image])
-    candidates = threshold_maps(saliency, DEFAULT_KS)  # (1, 20, H, W)
+    candidates = threshold_maps(saliency, FINE_KS)  # (1, 20, H, W)
     config = RoadConfig(percentiles=list(PERCENTILES))
     ours, stats = timed_road(probe, candidates, config, args.repeats)
     other = stats.total_seconds - stats.forward_seconds - stats.impute_seconds
@@ -127,7 +194,7 @@ def main() -> int:
     ours_noisy = road_many(probe, candidates, config).combined[0].cpu().numpy()
 
     # Exactness 1: grad-cam's tie rule at noise 0 equals grad-cam (a few thresholds, to keep it short)
-    ks = DEFAULT_KS[::5]
+    ks = FINE_KS[::5]
     exact = adaptive_threshold(net, x, saliency, members.targets, ks=ks, image_ids=[args.image],
                                config=RoadConfig(ties="inclusive", noise=0, percentiles=list(PERCENTILES)))
     reference = grad_cam_scores(net, x, threshold_maps(saliency.cpu(), ks)[0].numpy(), target, noise=0.0)
@@ -152,8 +219,8 @@ def main() -> int:
     print(f"\nimputation / forward              {ratio_impute:6.2f}x   goal <= 0.5   {'PASS' if ratio_impute <= 0.5 else 'FAIL'}")
     print(f"ROAD total / forward              {ratio_total:6.2f}x   goal <= 1.6   {'PASS' if ratio_total <= 1.6 else 'FAIL'}")
     print(f"speed-up over grad-cam            {theirs_time / ours:6.1f}x")
-    print(f"k* at noise 0.01 (different noise draws and tie breaks): ours {DEFAULT_KS[int(np.argmax(ours_noisy))]:g}, "
-          f"grad-cam {DEFAULT_KS[int(np.argmax(theirs))]:g}; max |score difference| {np.abs(ours_noisy - theirs).max():.3f}")
+    print(f"k* at noise 0.01 (different noise draws and tie breaks): ours {FINE_KS[int(np.argmax(ours_noisy))]:g}, "
+          f"grad-cam {FINE_KS[int(np.argmax(theirs))]:g}; max |score difference| {np.abs(ours_noisy - theirs).max():.3f}")
     print(f"grad-cam tie rule, noise 0: max |ours - grad-cam| over k={list(ks)}: "
           f"{np.abs(exact.scores.combined[0].cpu().numpy() - reference).max():.1e}   goal <= 1e-4")
     print(f"fast solver vs direct sparse solve: max |ROAD combined difference| over 20 k: "
@@ -165,6 +232,10 @@ def main() -> int:
 
     if args.full:
         full(bundle, x, members, probe, config, device)
+    if not args.no_baseline and device.type == "cpu":
+        from baseline import BASELINE
+
+        before_after(args.image, args.repeats, args.baseline or BASELINE)
     return 0
 
 
@@ -174,8 +245,8 @@ def full(bundle, x, members, probe: Probe, config: RoadConfig, device: torch.dev
     combos = []
     for combo_id in range(groups.n_combos):
         on = groups.members_of(combo_id)
-        combos.append(metacam_maps({m: members.maps[m] for m in on}, DEFAULT_KS) if on
-                      else torch.zeros(1, len(DEFAULT_KS), *x.shape[-2:], device=device))
+        combos.append(metacam_maps({m: members.maps[m] for m in on}, FINE_KS) if on
+                      else torch.zeros(1, len(FINE_KS), *x.shape[-2:], device=device))
     candidates = torch.cat(combos, dim=1)
     stats = RoadStats()
     sync(device)

@@ -7,7 +7,15 @@ forward passes (in-sample ROAD, held-out ROAD, deletion/insertion), imputation a
 rest; the goals: wall <= 1.6 x the forward-pass seconds (issue 11), and held-out
 re-scoring plus the second metric <= 30% of the rest (issue 12). Also the member cache's
 speed-up: what every job recomputing its own members would cost.
-Run: python bench/sweep.py [--study [--compare]] [--out DIR] [extra overrides...]
+Before/after: ``--baseline [--baseline-rev REV]`` runs the same sweep with an earlier
+revision (default: version 0.2, bench/baseline.py) in a subprocess beside this tree's, one after the other
+on separate output folders (so neither reuses the other's member cache), and prints the
+wall and CPU times side by side, best of ``--rounds`` alternating runs (goal: no more than
+10% slower) and what the metrics without a forward pass (sparseness, complexity) cost
+(goal: under 1% of the sweep). On a shared machine forward passes at 2 threads vary
+several-fold with the load; ``OMP_NUM_THREADS=1`` makes both trees' times steadier. Give it a
+reduced workload, e.g. ``data.images=[sample:coffee]`` (64 jobs on one photo).
+Run: python bench/sweep.py [--study [--compare]] [--baseline [--baseline-rev REV]] [--out DIR] [overrides...]
 """
 
 from __future__ import annotations
@@ -31,32 +39,49 @@ from road import cpu_name  # noqa: E402
 LINE = re.compile(
     r"\[(\d+)/(\d+) result files\] (\S+) .*?: \d+ unit\(s\) scored, \d+ already done(?:, \d+ failed)?, "
     r"(\d+\.\d+)s \(members (\d+\.\d+)s, ROAD forward (\d+\.\d+)s, imputation (\d+\.\d+)s, "
-    r"held-out (\d+\.\d+)s, deletion/insertion (\d+\.\d+)s\)"
-)
+    r"held-out (\d+\.\d+)s, deletion/insertion (\d+\.\d+)s(?:, other metrics (\d+\.\d+)s)?\)"
+)  # "other metrics" (sparseness, complexity, plug-ins) is absent from version 0.2's lines
 MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
-def run_sweep(out: Path, overrides: list[str]) -> tuple[float, list[dict]]:
-    """Run `metacam sweep`; (wall seconds, one dict per job line)."""
-    command = [sys.executable, "-m", "metacam.cli", "sweep", f"out_dir={out}", *overrides]
-    print(f"$ {' '.join(command)}  ({torch.get_num_threads()} threads)", flush=True)
+def run_sweep(out: Path, overrides: list[str], rev: str | None = None) -> tuple[float, list[dict]]:
+    """Run `metacam sweep` (of revision ``rev`` when given, see bench/baseline.py);
+    (wall seconds, one dict per job line)."""
+    arguments = ["sweep", f"out_dir={out}", *overrides]
+    print(f"$ metacam {' '.join(arguments)}  ({rev or 'this tree'}, {torch.get_num_threads()} threads)", flush=True)
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    if rev is None:
+        result = subprocess.run([sys.executable, "-m", "metacam.cli", *arguments], cwd=REPO, capture_output=True,
+                                text=True, check=False)
+        if result.returncode != 0:
+            print(result.stdout[-3000:], result.stderr[-3000:])
+            raise SystemExit(1)
+        stdout = result.stdout
+    else:
+        from baseline import run_python
+
+        stdout = run_python(f"import sys; from metacam.cli import main; sys.exit(main({arguments!r}))", rev)
     wall = time.perf_counter() - start
-    if result.returncode != 0:
-        print(result.stdout[-3000:], result.stderr[-3000:])
-        raise SystemExit(1)
-    keys = ("done", "expected", "model", "job", "members", "forward", "impute", "heldout", "deletion")
+    keys = ("done", "expected", "model", "job", "members", "forward", "impute", "heldout", "deletion", "metrics")
     jobs = []
-    for match in LINE.finditer(result.stdout):
-        values = match.groups()
+    for match in LINE.finditer(stdout):
+        values = [v if v is not None else "0" for v in match.groups()]
         jobs.append({k: (v if k == "model" else float(v)) for k, v in zip(keys, values, strict=True)})
     return wall, jobs
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def split(wall: float, jobs: list[dict], label: str) -> dict:
     """Print where the time went; return the totals."""
-    total = {k: sum(j[k] for j in jobs) for k in ("job", "members", "forward", "impute", "heldout", "deletion")}
+    total = {k: sum(j[k] for j in jobs) for k in ("job", "members", "forward", "impute", "heldout", "deletion",
+                                                  "metrics")}
     # Held-out ROAD's own forward and imputation are inside "forward"/"impute" and "heldout";
     # deletion/insertion is forward passes (and building the perturbed images).
     forward = total["forward"] + total["deletion"]
@@ -78,6 +103,9 @@ def split(wall: float, jobs: list[dict], label: str) -> dict:
     rest = wall - extra
     print(f"  held-out ROAD alone {total['heldout']:.1f} s ({total['heldout'] / rest:.0%}), "
           f"deletion/insertion alone {total['deletion']:.1f} s ({total['deletion'] / rest:.0%})")
+    print(f"metrics without a forward pass (sparseness, complexity, map plug-ins): {total['metrics']:.2f} s, "
+          f"{total['metrics'] / wall:.2%} of the wall time   goal < 1%   "
+          f"{'PASS' if total['metrics'] < 0.01 * wall else 'FAIL'}")
     return total
 
 
@@ -117,6 +145,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
     parser.add_argument("--study", action="store_true", help="3 models x the sample photos x top-1")
     parser.add_argument("--compare", action="store_true", help="with --study: also each model alone")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run an earlier revision (--baseline-rev) on the same workload, before this tree")
+    parser.add_argument("--baseline-rev", default=None, metavar="REV", help="default: version 0.2")
+    parser.add_argument("--rounds", type=int, default=1, help="with --baseline: alternating runs of each")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="metacam-bench-sweep-"))
@@ -137,6 +169,31 @@ def main() -> int:
                 alone += model_wall
             print(f"\nstudy {wall:.0f} s vs the three single-model sweeps {alone:.0f} s: "
                   f"{wall / alone:.2f}x (goal <= 1: adding models costs no more than the sum)")
+    elif args.baseline:
+        from baseline import BASELINE
+
+        rev = args.baseline_rev or BASELINE
+        runs: dict[str, list[tuple[float, float, list[dict]]]] = {rev: [], "this tree": []}
+        for round_ in range(args.rounds):  # alternating, so a change in the machine's load hits both
+            for name in runs:
+                folder = out / f"{'baseline' if name == rev else 'now'}-{round_}"  # a cold member cache each
+                cpu = _children_cpu()
+                wall, jobs = run_sweep(folder, list(args.overrides), rev if name == rev else None)
+                runs[name].append((wall, _children_cpu() - cpu, jobs))
+        best = {name: min(found, key=lambda run: run[0]) for name, found in runs.items()}
+        totals = {name: split(wall, jobs, name) for name, (wall, _, jobs) in best.items()}
+        old, new = totals[rev], totals["this tree"]
+        cpu_old, cpu_new = (min(run[1] for run in runs[name]) for name in runs)
+        print(f"\nbefore/after on the same workload ({' '.join(args.overrides) or 'the default sweep'}), best of "
+              f"{args.rounds} alternating run(s) each, {torch.get_num_threads()} threads, CPU: {cpu_name()}:")
+        for label, before, after in (("wall time", best[rev][0], best["this tree"][0]),
+                                     ("CPU time of the sweep process", cpu_old, cpu_new),
+                                     ("in jobs", old["job"], new["job"]),
+                                     ("member maps", old["members"], new["members"]),
+                                     ("held-out + deletion/insertion", old["heldout"] + old["deletion"],
+                                      new["heldout"] + new["deletion"])):
+            verdict = "ok" if after <= 1.1 * before else "REGRESSION (> 10%)"
+            print(f"  {label:30s} {before:8.1f} s -> {after:8.1f} s  {after / before:5.2f}x  {verdict}")
     else:
         wall, jobs = run_sweep(out / "default", list(args.overrides))
         total = split(wall, jobs, "default sweep")

@@ -23,8 +23,9 @@ class SweepCallback(Callback):
             f"MetaCAM sweep {spec.sweep_id}: {job.groups.n_combos} combinations of {job.groups.size} "
             f"groups, {len(experiments)} experiments (baselines and controls included) on "
             f"{images} image(s){drawn} in {len(shard_units(spec))} unit(s), model {spec.model.name}, targets "
-            f"{job.targets.text()}, k grid {','.join(f'{k:g}' for k in job.ks)}, ROAD ties "
-            f"{job.road.ties}\nresults: {spec.results_dir}",
+            f"{job.targets.text()}, k grid {','.join(f'{k:g}' for k in job.evaluator.ks)}, ROAD ties "
+            f"{job.evaluator.road.ties}, metrics {', '.join(m.name for m in job.evaluator.metrics)}"
+            f"\nresults: {spec.results_dir}",
             flush=True,
         )
 

@@ -15,26 +15,23 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from importlib.resources import files
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from metacam.cams import MemberOptions
-from metacam.config import DataConfig, HeldoutConfig, ModelConfig, RoadConfig
-from metacam.deletion import DeletionConfig
 from metacam.errors import MetaCAMError
 from metacam.experiments.schema import register
 from metacam.sweep import (
     JobSpec,
-    build,
     load_bundle,
     model_key,
     study_id,
     validate,
     write_manifest,
 )
+from metacam.sweep.spec import StudyConfig
 
 CONF_DIR = Path(str(files("metacam.conf")))  # conf/ in a checkout, package data when installed
 COMBO_KEY = "combo_id"
@@ -45,24 +42,9 @@ def _plain(node: object) -> object:
 
 
 def job_spec(cfg: DictConfig) -> JobSpec:
-    """The plain-data job description of a composed config."""
-    spec = JobSpec(
-        groups={key: list(value) for key, value in _plain(cfg.groups).items()},  # type: ignore[union-attr]
-        combo_id=None if cfg.combo_id is None else int(cfg.combo_id),
-        model=build(ModelConfig, _plain(cfg.model), "model"),
-        data=build(DataConfig, _plain(cfg.data), "data"),
-        road=build(RoadConfig, _plain(cfg.road), "road"),
-        heldout=build(HeldoutConfig, _plain(cfg.heldout), "heldout"),
-        deletion=build(DeletionConfig, _plain(cfg.deletion), "deletion"),
-        ks=[float(k) for k in _plain(cfg.threshold.ks)],  # type: ignore[union-attr]
-        seed=int(cfg.seed),
-        device=str(cfg.device),
-        results_dir="",
-        cache_dir=None if cfg.cache_dir is None else str(cfg.cache_dir),
-        members=MemberOptions(batch_size=cfg.member_batch_size),
-        controls=bool(cfg.controls),
-        sweep_id="",
-    )
+    """The plain-data job description of a composed config (its study fields as they are,
+    then the job's sweep id and results folder)."""
+    spec = JobSpec.of({f.name: _plain(cfg[f.name]) for f in fields(StudyConfig)})
     sweep_id = str(cfg.sweep_id) if str(cfg.sweep_id) != "auto" else study_id(spec)
     results = Path(cfg.results_dir) if cfg.results_dir else Path(cfg.out_dir) / "sweeps" / sweep_id / "results"
     return replace(spec, sweep_id=sweep_id, results_dir=str(results))

@@ -21,9 +21,14 @@ _EXPORTS = {
     "model_member": "metacam.cams",
     "metacam_map": "metacam.ensemble",
     "top_k_mask": "metacam.ensemble",
-    "impute": "metacam.imputation",
-    "road": "metacam.roadscore",
-    "adaptive_threshold": "metacam.adaptive",
+    "impute": "metacam.evaluation.imputation",
+    "road": "metacam.evaluation.roadscore",
+    "adaptive_threshold": "metacam.evaluation.adaptive",
+    "Probe": "metacam.evaluation.roadscore",
+    "Evaluator": "metacam.evaluation.engine",
+    "map_metric": "metacam.evaluation.registry",
+    "model_metric": "metacam.evaluation.registry",
+    "METRICS": "metacam.evaluation.registry",
     "DEFAULT_GROUPS": "metacam.groups",
 }
 

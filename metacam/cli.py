@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from metacam import __version__
-from metacam.config import TIE_RULES, RoadConfig
+from metacam.config import DEFAULT_KS, FINE_KS, TIE_RULES, RoadConfig
 from metacam.errors import MetaCAMError
 from metacam.groups import default_groups
 
@@ -25,7 +25,9 @@ astronaut, rocket, cat: scikit-image photos that ship with the package) or
 
 outputs in --out: <image_id>.png per image (input, each member CAM and MetaCAM
 overlaid, with plain ROAD, adaptive ROAD and k* in the titles), scores.csv and
-scores.parquet (one row per image x method), maps/<image_id>.npz with
+scores.parquet (the sweep's rows and column names: per image x method its k* row
+and its k = 100 row, with in-sample ROAD, held-out ROAD, deletion/insertion AUC,
+sparseness, complexity and the --metrics plug-ins), maps/<image_id>.npz with
 --save-maps (one (H, W) float32 array in [0, 1] per method).
 
 examples:
@@ -33,6 +35,7 @@ examples:
   metacam explain photos/ --model resnet50 --layer layer4.2 --groups gradcam,eigen
   metacam explain scan.png --model mypkg.nets:build_net --checkpoint net.pt \\
       --layer encoder.block4 --categories classes.txt --k 30
+  metacam explain samples --metrics mymetrics:pointing_game
 """
 
 
@@ -51,6 +54,10 @@ def _csv_floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(
             f"expected numbers separated by commas, got {text!r}"
         ) from None
+
+
+def _grid(ks: Sequence[float]) -> str:
+    return ",".join(f"{k:g}" for k in ks)
 
 
 def _explain_parser(commands: argparse._SubParsersAction) -> None:
@@ -87,7 +94,13 @@ def _explain_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--k",
         default="auto",
-        help="auto (adaptive over 5,10,...,100; default), a percentage, or a grid like 10,50,100",
+        help=f"auto (adaptive over {_grid(DEFAULT_KS)}; default), a percentage, or a grid like "
+        f"10,50,100 (DESIGN's finer grid: {_grid(FINE_KS[:3])},...,100)",
+    )
+    parser.add_argument(
+        "--metrics",
+        help="comma-separated plug-in metrics (package.module:function, marked with "
+        "@metacam.map_metric or @metacam.model_metric), scored besides the built-ins",
     )
     road = RoadConfig()
     parser.add_argument(
@@ -173,7 +186,15 @@ def run_explain(args: argparse.Namespace) -> int:
 
     from metacam.cams import MemberOptions, resolve_methods
     from metacam.device import resolve_device
-    from metacam.explain import ExplainOptions, explain, methods_for_groups, parse_k, resolve_target
+    from metacam.evaluation.deletion import DeletionConfig
+    from metacam.explain import (
+        ExplainOptions,
+        evaluator,
+        explain,
+        methods_for_groups,
+        parse_k,
+        resolve_target,
+    )
     from metacam.images import load_images
     from metacam.models import load_model
     from metacam.progress import TqdmProgress
@@ -195,6 +216,9 @@ def run_explain(args: argparse.Namespace) -> int:
     road = replace(RoadConfig(), **{k: v for k, v in given.items() if v is not None}).checked()
     if args.batch_size is not None and args.batch_size < 1:
         raise MetaCAMError(f"--batch-size {args.batch_size} must be at least 1")
+    batches = {} if args.batch_size is None else {"cpu_batch": args.batch_size, "cuda_batch": args.batch_size}
+    evaluation = evaluator(ks=ks, road=road, deletion=DeletionConfig(**batches),
+                           metrics=[m.strip() for m in (args.metrics or "").split(",") if m.strip()])
     device = resolve_device(args.device)
     bundle = load_model(
         args.model,
@@ -207,8 +231,7 @@ def run_explain(args: argparse.Namespace) -> int:
     options = ExplainOptions(
         methods=methods,
         target=resolve_target(bundle, args.target),
-        ks=ks,
-        road=road,
+        evaluation=evaluation,
         seed=args.seed,
         score=not args.no_road,
         save_maps=args.save_maps,
@@ -228,23 +251,25 @@ def run_explain(args: argparse.Namespace) -> int:
     run = explain(bundle, images, options, args.out, progress=progress)
     for problem in run.problems:
         print(f"metacam explain: failed on {problem.source}: {problem.reason}", file=sys.stderr)
-    _print_summary(run, args.out, time.perf_counter() - started)
+    _print_summary(run, evaluation, args.out, time.perf_counter() - started)
     return 1 if problems or run.problems else 0
 
 
-def _print_summary(run, out: Path, seconds: float) -> None:
+def _print_summary(run, evaluation, out: Path, seconds: float) -> None:
+    """Per method, the means over images at k*: k*, in-sample ROAD and every headline score."""
     import pandas as pd
 
     if not run.rows:
         return
     frame = pd.DataFrame(run.rows)
-    if "road_adaptive" in frame:
-        table = frame.groupby("method", sort=False)[
-            ["road_plain", "road_adaptive", "road_adaptive_heldout", "k_star"]
-        ].mean()
-        print(table.round(3).to_string())
-        if run.stats.masks:
-            print(f"ROAD: {run.stats.summary()}")
+    if "is_best_k" in frame:
+        headline = [s for m in evaluation.metrics for s in m.scores if s.headline]
+        columns = ["k", *(s.insample_column for s in headline if s.insample_column),
+                   *(s.chosen_column for s in headline if s.chosen_column)]
+        table = frame[frame["is_best_k"]].groupby("method", sort=False)[columns].mean()
+        print(table.rename(columns={"k": "k*"}).round(3).to_string())
+        if run.stats.road.masks:
+            print(f"ROAD: {run.stats.road.summary()}")
     print(f"{len(run.figures)} figure(s) and {out / 'scores.csv'} written to {out}/ in {seconds:.1f}s")
 
 

@@ -1,8 +1,10 @@
-"""Choosing the torch device from a user's ``--device`` value."""
+"""Choosing the torch device from a user's ``--device`` value, and naming it in results."""
 
 from __future__ import annotations
 
+import platform
 import re
+from pathlib import Path
 
 import torch
 
@@ -41,3 +43,18 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
             f"numbered from 0; use --device cuda or auto"
         )
     return torch.device(text)
+
+
+def device_name(device: torch.device) -> str:
+    """``cuda:0: NVIDIA H200`` or ``cpu: AMD EPYC`` (the CPU model from /proc/cpuinfo)."""
+    if device.type == "cuda":
+        return f"{device}: {torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {model}"

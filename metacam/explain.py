@@ -1,11 +1,13 @@
-"""``metacam explain``: member CAMs, MetaCAM, plain, adaptive and held-out ROAD for a
-practitioner's own model and images, as figures and one scores table.
+"""``metacam explain``: member CAMs and MetaCAM for a practitioner's own model and images,
+scored by every metric of the run, as figures and one scores table.
 
 MetaCAM here is the pre-specified ensemble: every chosen member that is not a
-control (RandomCAM is shown beside it, as a control). Every candidate map of every
-method goes through one batched ROAD call (:func:`metacam.adaptive.score_methods`);
-the chosen (k*) maps are then re-scored with an independent draw (the held-out
-ROAD, DESIGN §2), which is the number to compare methods by.
+control (RandomCAM is shown beside it, as a control). The scoring is the evaluation
+engine's (:class:`metacam.evaluation.engine.Evaluator`), the sweep's own: candidates at
+every k, in-sample ROAD, k*, then held-out ROAD, deletion/insertion AUC, sparseness,
+complexity and any plug-in metric on the chosen (k*) and plain (k = 100) maps. The table
+holds the sweep's rows (its column names) at k* and k = 100; this module only makes
+the figures and the tables.
 """
 
 from __future__ import annotations
@@ -17,37 +19,42 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
-from metacam import __version__
-from metacam.adaptive import choose_k, score_methods
 from metacam.atomic import write_atomically
 from metacam.cams import MemberOptions, compute_members, resolve_members
-from metacam.config import DEFAULT_KS, HeldoutConfig, RoadConfig, check_ks
-from metacam.ensemble import metacam_maps, threshold_maps
+from metacam.config import DEFAULT_KS, PLAIN_K, check_ks
 from metacam.errors import MetaCAMError
+from metacam.evaluation.adaptive import candidate_maps
+from metacam.evaluation.engine import EvaluationStats, Evaluator, MapSource
+from metacam.evaluation.roadscore import Probe
 from metacam.figures import Panel, overlay_figure, save_figure
 from metacam.groups import default_groups
 from metacam.images import ImageProblem, LoadedImage
 from metacam.models import ModelBundle
 from metacam.progress import NO_PROGRESS, Progress
-from metacam.roadscore import Probe, RoadStats, road_many
+from metacam.schema import FIXED_COLUMNS, KIND_CONTROL, KIND_METACAM, KIND_SINGLE
 
-METACAM = "metacam"
-PLAIN_K = 100.0
+METACAM = KIND_METACAM  # MetaCAM's method name in the table (its kind's word)
+TABLE_COLUMNS = ("source", "target_name")
+"""explain's own columns besides the results schema's (no metric may take one)."""
+
+
+def evaluator(**settings) -> Evaluator:
+    """The engine's settings for explain (Evaluator.of's keywords); plug-in metric
+    columns may not take one of the table's columns."""
+    return Evaluator.of(**settings, reserved=(*FIXED_COLUMNS, *TABLE_COLUMNS))
 
 
 @dataclass
 class ExplainOptions:
-    """What to compute for each image (defaults: all 12 members, adaptive k over
-    5..100, ROAD and held-out ROAD with their defaults)."""
+    """What to compute for each image (defaults: all 12 members; the engine's defaults:
+    adaptive k over the default grid, ROAD, held-out ROAD, deletion/insertion AUC,
+    sparseness and complexity)."""
 
     methods: list[str] = field(default_factory=lambda: [m.name for m in resolve_members(None)])
     target: int | None = None
-    ks: tuple[float, ...] = DEFAULT_KS  # one value = a fixed k
-    road: RoadConfig = field(default_factory=RoadConfig)
-    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
+    evaluation: Evaluator = field(default_factory=evaluator)  # the k grid (one value: a fixed k), metrics
     seed: int = 0
     score: bool = True  # False: maps and figures only
     save_maps: bool = False
@@ -107,23 +114,25 @@ def resolve_target(bundle: ModelBundle, target: str | None) -> int | None:
 @dataclass
 class ImageExplanation:
     """Everything computed for one image. maps: name -> (H, W) in [0, 1] (members and
-    'metacam' at its chosen k); rows: the scores table rows of this image."""
+    'metacam' at its chosen k); rows: the scores table rows of this image;
+    failures: method -> why a metric could not score it."""
 
     image: LoadedImage
     target: int
     target_prob: float
     maps: dict[str, np.ndarray]
     rows: list[dict]
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 def explain_image(
     bundle: ModelBundle,
     image: LoadedImage,
     options: ExplainOptions,
-    stats: RoadStats | None = None,
+    stats: EvaluationStats | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> ImageExplanation:
-    """Members, MetaCAM and their ROAD scores for one image."""
+    """Members, MetaCAM and every score of them for one image."""
     x = bundle.preprocess([image.image])
     ids = [image.image_id]
     members = compute_members(
@@ -134,6 +143,7 @@ def explain_image(
     target_prob = float(members.logits.float().softmax(-1)[0, target])
     names = list(members.maps)
     ensemble = {name: members.maps[name] for name in ensemble_members(names)}
+    kinds = {name: KIND_SINGLE if name in ensemble else KIND_CONTROL for name in names}
     maps = {name: members.maps[name][0].cpu().numpy() for name in names}
     base = {
         "image_id": image.image_id,
@@ -145,68 +155,59 @@ def explain_image(
         "target_prob": target_prob,
     }
     if not options.score:
-        rows = [{**base, "method": name, "kind": "single"} for name in names]
-        maps[METACAM] = metacam_maps(ensemble, options.ks[-1:])[0, 0].cpu().numpy()
+        rows = [{**base, "method": name, "kind": kinds[name]} for name in names]
+        maps[METACAM] = candidate_maps(ensemble, options.evaluation.ks[-1:])[0, 0].cpu().numpy()
         return ImageExplanation(image, target, target_prob, maps, rows)
 
-    # Every candidate of every method (members at each k, MetaCAM at each k, plus
-    # k = 100 for the plain score) goes through ROAD in one call.
-    grid = tuple(sorted(set(options.ks) | {PLAIN_K}))
-    candidates = {name: threshold_maps(members.maps[name], grid) for name in names}
-    candidates[METACAM] = metacam_maps(ensemble, grid)
     probe = Probe.of(bundle.net, x, members.targets, image_ids=ids, seed=options.seed)
-    chosen = [grid.index(k) for k in options.ks]  # the adaptive choice is among the user's ks
-    restricted = {name: cand[:, chosen] for name, cand in candidates.items()}
-    results = score_methods(probe, candidates, grid, options.road, stats=stats, progress=progress)
-    # k* among the user's ks (the grid may hold k = 100 only for the plain score)
-    best = {name: chosen[int(choose_k(result.scores.combined[:, chosen], options.ks)[0][0])]
-            for name, result in results.items()}
-    rescored = None
-    if options.heldout.enabled:
-        picked = torch.stack([restricted[name][0, chosen.index(best[name])] for name in results])[None]
-        rescored = road_many(probe, picked, options.heldout.road(options.road), stats=stats)
-
+    sources: dict[str, MapSource] = {**{name: members.maps[name] for name in names}, METACAM: ensemble}
+    evaluation = options.evaluation.evaluate(probe, sources, stats=stats, progress=progress)
+    provenance = options.evaluation.provenance(seed=options.seed, device=bundle.device)
     rows = []
-    for i, (name, result) in enumerate(results.items()):
-        k = best[name]
-        rows.append(
-            {
-                **base,
-                "method": name,
-                "kind": METACAM if name == METACAM else ("control" if name not in ensemble else "single"),
-                "road_plain": float(result.scores.combined[0, grid.index(PLAIN_K)]),
-                "road_adaptive": float(result.scores.combined[0, k]),
-                "road_adaptive_heldout": float(rescored.combined[0, i]) if rescored is not None else float("nan"),
-                "k_star": grid[k],
-                "morf_adaptive": float(result.scores.morf[0, k]),
-                "lerf_adaptive": float(result.scores.lerf[0, k]),
-            }
-        )
-        if name == METACAM:
-            maps[METACAM] = result.candidates[0, k].cpu().numpy()
-    return ImageExplanation(image, target, target_prob, maps, rows)
+    failures = {}
+    for name, result in evaluation.methods.items():
+        kind = KIND_METACAM if name == METACAM else kinds[name]
+        status = result.failures.get(0, "ok")
+        if status != "ok":
+            failures[name] = status
+        rows += [{**base, "method": name, "kind": kind, **row, "status": status, **provenance}
+                 for row in result.rows(0) if row["is_best_k"] or row["k"] == PLAIN_K]
+    maps[METACAM] = evaluation[METACAM].best_map[0].cpu().numpy()
+    return ImageExplanation(image, target, target_prob, maps, rows, failures)
+
+
+def chosen_and_plain(rows: list[dict]) -> dict[str, tuple[dict, dict]]:
+    """method -> (its k* row, its k = 100 row) among one image's rows (the same row when k* = 100)."""
+    found: dict[str, list] = {}
+    for row in rows:
+        pair = found.setdefault(row["method"], [None, None])
+        if row.get("is_best_k"):
+            pair[0] = row
+        if row.get("k") == PLAIN_K:
+            pair[1] = row
+    return {method: (best, plain) for method, (best, plain) in found.items()}
 
 
 def figure_for(explanation: ImageExplanation, bundle: ModelBundle) -> Figure:
     """The figure of one image: input, every member, MetaCAM; scores in the titles."""
     display = bundle.to_display([explanation.image.image])[0].permute(1, 2, 0).numpy()
-    rows = {row["method"]: row for row in explanation.rows}
+    kinds = {row["method"]: row["kind"] for row in explanation.rows}
+    scored = chosen_and_plain(explanation.rows) if "k" in (explanation.rows or [{}])[0] else {}
     panels = []
     for name, saliency in explanation.maps.items():
-        row = rows.get(name, {})
         label = "MetaCAM" if name == METACAM else resolve_members([name])[0].label
-        if row.get("kind") == "control":
+        if kinds.get(name) == KIND_CONTROL:
             label += " (control)"
-        if "road_plain" not in row:
+        if name not in scored:
             title = label
-        elif name == METACAM:
-            title = (f"{label}  k*={row['k_star']:g}\nROAD {row['road_adaptive']:+.3f} "
-                     f"(held-out {row['road_adaptive_heldout']:+.3f})")
         else:
-            title = (
-                f"{label}\nROAD {row['road_plain']:+.3f} | "
-                f"adaptive {row['road_adaptive']:+.3f} (k*={row['k_star']:g})"
-            )
+            best, plain = scored[name]
+            if name == METACAM:
+                title = (f"{label}  k*={best['k']:g}\nROAD {best['road_combined']:+.3f} "
+                         f"(held-out {_number(best.get('road_heldout_combined'))})")
+            else:
+                title = (f"{label}\nROAD {plain['road_combined']:+.3f} | "
+                         f"adaptive {best['road_combined']:+.3f} (k*={best['k']:g})")
         panels.append(Panel(title, saliency))
     title = (
         f"{explanation.image.image_id} — {bundle.name}: "
@@ -214,6 +215,10 @@ def figure_for(explanation: ImageExplanation, bundle: ModelBundle) -> Figure:
         f"p={explanation.target_prob:.2f})"
     )
     return overlay_figure(display, panels, title)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
 
 
 def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
@@ -244,7 +249,7 @@ class ExplainRun:
     map_files: list[Path] = field(default_factory=list)
     problems: list[ImageProblem] = field(default_factory=list)
     tables: tuple[Path, ...] = ()
-    stats: RoadStats = field(default_factory=RoadStats)
+    stats: EvaluationStats = field(default_factory=EvaluationStats)
 
 
 def explain(
@@ -275,13 +280,7 @@ def explain(
             continue
         finally:
             reporter.close()
-        for row in explanation.rows:
-            row.update(
-                metacam_version=__version__,
-                device=str(bundle.device),
-                seed=options.seed,
-                ties=options.road.ties,
-            )
+        run.problems += [ImageProblem(image.source, reason) for reason in dict.fromkeys(explanation.failures.values())]
         run.rows.extend(explanation.rows)
         run.figures.append(
             save_figure(figure_for(explanation, bundle), out / f"{image.image_id}.png")

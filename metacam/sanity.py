@@ -63,11 +63,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from metacam.config import PLAIN_K
 from metacam.errors import MetaCAMError
 
-# MetaCAM's threshold in this test: k = 100 keeps every pixel, so MetaCAM is the
-# normalised sum of the members, the plainest ensemble, with no tuned choice.
-DEFAULT_K = 100.0
+# MetaCAM's threshold in this test: the plain map (k = 100 keeps every pixel), so MetaCAM
+# is the normalised sum of the members, the plainest ensemble, with no tuned choice.
+DEFAULT_K = PLAIN_K
 DEFAULT_OUT = Path("metacam-sanity")
 METACAM = "metacam"
 # A method whose top-1 and top-2 maps correlate at least this much is flagged as

@@ -2,11 +2,14 @@
 (experiment, single method or control; model; image; target; k).
 
 The flag columns depend on the sweep's groups (``g_<group>``, one per group, in
-group order), so the schema is built from a :class:`~metacam.groups.GroupSet`.
-Every file also carries the group definition and the run's provenance as
-Parquet key-value metadata under :data:`METADATA_KEY` (see :func:`file_metadata`).
+group order), and the score columns on the run's metrics (the metric registry,
+:mod:`metacam.evaluation.registry`: the built-ins' columns, then each plug-in's), so
+the schema is built from both. Every file also carries the group definition, the
+run's provenance and its metrics (CONTRACTS §1) as Parquet key-value metadata under
+:data:`METADATA_KEY` (see :func:`file_metadata`).
 
-This module needs only pyarrow, so the analysis can import it without torch.
+This module needs only pyarrow (the registry imports no torch), so the analysis can
+import it without torch.
 """
 
 from __future__ import annotations
@@ -16,10 +19,16 @@ from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 
-KINDS: tuple[str, ...] = ("metacam", "single", "control")
+from metacam.evaluation.registry import builtins
+
+# The experiment kinds: one word each, used by name everywhere through these constants.
+KIND_METACAM = "metacam"  # a combination of groups (combo_id)
+KIND_SINGLE = "single"  # one CAM method alone
+KIND_CONTROL = "control"  # a null control (CONTROL_METHODS)
+KINDS: tuple[str, ...] = (KIND_METACAM, KIND_SINGLE, KIND_CONTROL)
 CONTROL_METHODS: tuple[str, ...] = ("shuffled", "smooth_noise")
 METADATA_KEY = b"metacam"
-METADATA_FORMAT = 2
+METADATA_FORMAT = 3  # 3: the "metrics" list (CONTRACTS §1); 2: groups and provenance only
 
 _BEFORE_FLAGS: list[tuple[str, pa.DataType]] = [
     ("sweep_id", pa.string()),
@@ -28,7 +37,7 @@ _BEFORE_FLAGS: list[tuple[str, pa.DataType]] = [
     ("method", pa.string()),  # member name / plug-in path (single), groups joined by "+" (metacam),
     #                           "shuffled" or "smooth_noise" (control)
 ]
-_AFTER_FLAGS: list[tuple[str, pa.DataType]] = [
+_UNIT: list[tuple[str, pa.DataType]] = [
     ("model", pa.string()),
     ("target_layer", pa.string()),
     ("image_id", pa.string()),  # file name plus a short content hash
@@ -38,17 +47,10 @@ _AFTER_FLAGS: list[tuple[str, pa.DataType]] = [
     ("target_rank", pa.int16()),  # 1 = the model's most probable class, 2 = the second, ...
     ("target_prob", pa.float32()),  # softmax probability of the target, clean image
     ("k", pa.float32()),  # threshold percentage in (0, 100]; 100 = the plain map
-    # in-sample ROAD: the draw (permutation, noise, percentiles) that chose k*
-    ("road_combined", pa.float32()),
-    ("road_morf", pa.float32()),
-    ("road_lerf", pa.float32()),
-    # held-out ROAD: an independent draw; only on the k* and k = 100 rows, null elsewhere
-    ("road_heldout_combined", pa.float32()),
-    ("road_heldout_morf", pa.float32()),
-    ("road_heldout_lerf", pa.float32()),
-    # the second metric (RISE deletion / insertion AUC), on the same rows as held-out
-    ("deletion_auc", pa.float32()),
-    ("insertion_auc", pa.float32()),
+]
+# ... then the score columns (float32) of the run's metrics: in-sample ROAD (the draw that
+# chose k*) on every row, then each metric's column on the k* and k = 100 rows only
+_AFTER_SCORES: list[tuple[str, pa.DataType]] = [
     ("is_best_k", pa.bool_()),  # k* of its (kind, combo/method, model, image, target)
     # provenance
     ("road_ties", pa.string()),  # "random" (seeded tie-break) or "inclusive" (grad-cam's rule)
@@ -62,37 +64,67 @@ _AFTER_FLAGS: list[tuple[str, pa.DataType]] = [
     ("status", pa.string()),  # "ok", or why this unit has no score
 ]
 
+
+def v02_metrics() -> list[dict]:
+    """The metrics list of a dataset that records none: version 0.2's five (ROAD combined,
+    MoRF, LeRF, deletion, insertion; CONTRACTS §1's reader default). A sweep writes its
+    own list; this is the default of :func:`results_schema` and :func:`file_metadata`."""
+    return [entry for m in builtins() for score, entry in zip(m.scores, m.entries(), strict=True)
+            if not score.optional]
+
+
+def metric_columns(metrics: Sequence[Mapping] | None = None) -> list[str]:
+    """The score columns of a run's metrics list (CONTRACTS §1 entries; None:
+    :func:`v02_metrics`): the in-sample columns, then the chosen columns, in the list's order."""
+    listed = v02_metrics() if metrics is None else metrics
+    insample = [m["insample_column"] for m in listed if m.get("insample_column")]
+    chosen = [m["chosen_column"] for m in listed if m.get("chosen_column")]
+    return list(dict.fromkeys([*insample, *chosen]))
+
+
+FIXED_COLUMNS: tuple[str, ...] = tuple(name for name, _ in (*_BEFORE_FLAGS, *_UNIT, *_AFTER_SCORES))
+"""Every column besides the group flags and the score columns (no metric may take one)."""
+
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "sweep_id", "kind", "combo_id", "method", "model", "target_layer", "image_id",
-    "target_class", "target_rank", "target_prob", "k", "road_combined", "road_morf", "road_lerf",
-    "road_heldout_combined", "road_heldout_morf", "road_heldout_lerf", "deletion_auc",
-    "insertion_auc", "is_best_k", "seed", "device", "metacam_version", "status",
+    "target_class", "target_rank", "target_prob", "k", *metric_columns(),
+    "is_best_k", "seed", "device", "metacam_version", "status",
 )  # fmt: skip
 """DESIGN §3's columns (plus one g_<group> per group): all a reader may rely on.
-The other provenance columns (road_ties, percentiles, ...) are optional for readers."""
+The other provenance columns (road_ties, percentiles, ...) and the scores new in format 3
+(sparseness, complexity) are optional for readers."""
 
 
 def flag_columns(group_names: Sequence[str]) -> tuple[str, ...]:
     return tuple(f"g_{name}" for name in group_names)
 
 
-def results_schema(group_names: Sequence[str], metadata: Mapping[bytes, bytes] | None = None) -> pa.Schema:
-    """The schema of a sweep with these groups (in order), with optional file metadata."""
+def results_schema(group_names: Sequence[str], metadata: Mapping[bytes, bytes] | None = None,
+                   metrics: Sequence[Mapping] | None = None) -> pa.Schema:
+    """The schema of a sweep with these groups (in order) and metrics (CONTRACTS §1
+    entries; None: :func:`v02_metrics`), with optional file metadata."""
     fields = [
         *_BEFORE_FLAGS,
         *[(column, pa.bool_()) for column in flag_columns(group_names)],
-        *_AFTER_FLAGS,
+        *_UNIT,
+        *[(column, pa.float32()) for column in metric_columns(metrics)],
+        *_AFTER_SCORES,
     ]
     return pa.schema(fields, metadata=dict(metadata) if metadata else None)
 
 
-def file_metadata(groups: list[dict], provenance: Mapping[str, object]) -> dict[bytes, bytes]:
-    """Parquet key-value metadata recording the group definition and the run's provenance.
+def file_metadata(groups: list[dict], provenance: Mapping[str, object],
+                  metrics: Sequence[Mapping] | None = None) -> dict[bytes, bytes]:
+    """Parquet key-value metadata recording the group definition, the run's provenance
+    and its metrics.
 
     groups: ``GroupSet.to_json()`` (name, members, control per group, in order).
     provenance: torch version, device, ROAD and held-out settings, k grid, seed, ...
+    metrics: the ``"metrics"`` list (CONTRACTS §1), one entry per analysable score in the
+    order they were computed (None: :func:`v02_metrics`).
     """
-    record = {"format": METADATA_FORMAT, "groups": groups, "provenance": dict(provenance)}
+    listed = v02_metrics() if metrics is None else [dict(m) for m in metrics]
+    record = {"format": METADATA_FORMAT, "groups": groups, "provenance": dict(provenance), "metrics": listed}
     return {METADATA_KEY: json.dumps(record, sort_keys=True, default=str).encode()}
 
 

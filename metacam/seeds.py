@@ -23,6 +23,7 @@ STREAMS = {
     "heldout.noise": "the held-out re-scoring's noise field",
     "deletion.permutation": "deletion/insertion AUC's tie permutation",
     "member.<name>": "a seeded member's draw (RandomCAM's channel weights)",
+    "metric.noise": "the noise field of Probe.impute (plug-in metrics' ROAD imputation)",
     "control.smooth_noise": "the smooth-noise control map",
     "control.shuffled": "the pixel permutation of the shuffled control (one-image studies)",
     "data.sample": "which images data.sample draws (per image path, with data.sample_seed)",

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torchvision
 
-import metacam.adaptive as adaptive_module
-from metacam.adaptive import adaptive_threshold, choose_k
+import metacam.evaluation.adaptive as adaptive_module
 from metacam.ensemble import metacam_map, top_k_mask
 from metacam.errors import MetaCAMError
-from metacam.roadscore import RoadScores, road
+from metacam.evaluation.adaptive import adaptive_threshold, choose_k
+from metacam.evaluation.roadscore import RoadScores, road
 from tests.cams.conftest import randomise_batchnorm
 
 

@@ -14,12 +14,27 @@ def test_public_names_resolve_to_the_documented_objects():
     for name in ("load_model", "member_cams", "metacam_map", "impute", "road", "adaptive_threshold"):
         assert callable(getattr(metacam, name)), name
     # importing a submodule must not shadow a public function of the same package
-    importlib.import_module("metacam.imputation")
+    importlib.import_module("metacam.evaluation.imputation")
 
-    assert metacam.impute.__module__ == "metacam.imputation" and callable(metacam.impute)
+    assert metacam.impute.__module__ == "metacam.evaluation.imputation" and callable(metacam.impute)
     assert len([m for m in metacam.MEMBERS.values() if not m.plugin]) == 12  # plug-ins join when named
     assert set(metacam.__all__) >= {"load_model", "member_cams", "metacam_map", "impute", "road",
-                                    "adaptive_threshold"}
+                                    "adaptive_threshold", "Probe", "map_metric", "model_metric", "Evaluator"}
+    from metacam.evaluation.engine import Evaluator
+    from metacam.evaluation.registry import METRICS, map_metric, model_metric
+    from metacam.evaluation.roadscore import Probe
+
+    assert (metacam.Probe, metacam.map_metric, metacam.model_metric, metacam.Evaluator, metacam.METRICS) == (
+        Probe, map_metric, model_metric, Evaluator, METRICS)
+    assert [m.name for m in METRICS.values() if not m.plugin] == ["road", "deletion", "sparseness", "complexity"]
+
+
+def test_the_metric_registry_and_the_schema_import_without_torch():
+    """The analysis reads the metric table and the schema without torch."""
+    code = ("import sys, metacam.evaluation.registry as r, metacam.schema as s\n"
+            "print('torch' in sys.modules, [m.name for m in r.METRICS.values()], s.metric_columns(r.entries(r.builtins()))[-2:])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False ['road', 'deletion', 'sparseness', 'complexity'] ['sparseness', 'complexity']"
 
 
 def test_the_library_never_imports_hydra_omegaconf_or_submitit():

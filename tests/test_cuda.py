@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from metacam.cams import member_cams
+from metacam.evaluation.roadscore import road
 from metacam.models import load_model
-from metacam.roadscore import road
 
 pytestmark = [
     pytest.mark.cuda,
@@ -32,7 +32,27 @@ def test_members_on_cuda_equal_cpu(both):
 
 def test_road_on_cuda_equals_cpu(both):
     cpu, gpu, x = both
-    maps = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    maps = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(1))
     on_cpu = road(cpu.net, x, maps, seed=2)
     on_gpu = road(gpu.net, x.cuda(), maps.cuda(), seed=2)
     assert (on_gpu.combined.cpu() - on_cpu.combined).abs().max() <= 1e-3
+
+
+def test_the_evaluation_engine_on_cuda_equals_cpu(both):
+    """Every metric (built-ins and plug-ins through the Probe) on the plain map, on both devices."""
+    from metacam.config import RoadConfig
+    from metacam.evaluation.engine import Evaluator
+    from metacam.evaluation.roadscore import Probe
+
+    cpu, gpu, x = both
+    maps = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(1))
+    evaluator = Evaluator.of([50, 100], RoadConfig(percentiles=[50]),
+                             metrics=["tests.metric_plugins:mean_relevance", "tests.metric_plugins:top_decile_drop"])
+    on_cpu = evaluator.evaluate(Probe.of(cpu.net, x, seed=2), {"map": maps})["map"]
+    on_gpu = evaluator.evaluate(Probe.of(gpu.net, x.cuda(), seed=2), {"map": maps.cuda()})["map"]
+    for i in range(2):
+        plain_cpu, plain_gpu = on_cpu.rows(i)[-1], on_gpu.rows(i)[-1]  # k = 100
+        assert set(plain_cpu) == set(plain_gpu)
+        for column, value in plain_cpu.items():
+            if isinstance(value, float):
+                assert abs(plain_gpu[column] - value) <= 1e-3, column

@@ -1,4 +1,4 @@
-"""Tests of metacam.deletion: deletion and insertion AUC (RISE) over precomputed maps."""
+"""Tests of metacam.evaluation.deletion: deletion and insertion AUC (RISE) over precomputed maps."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import scipy.ndimage
 import torch
 from torch import nn
 
-from metacam.deletion import (
+from metacam.errors import MetaCAMError
+from metacam.evaluation.deletion import (
     DeletionConfig,
     blur,
     deletion_insertion,
     gaussian_kernel,
     step_counts,
 )
-from metacam.errors import MetaCAMError
 
 # float32 unit roundoff: the counting model below computes its probabilities with
 # one sum of at most 100 exact 0/1 terms, a division and a softmax of two logits,

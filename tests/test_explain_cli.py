@@ -24,15 +24,27 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 def test_explain_writes_figure_table_and_maps(tmp_path, capsys, lite0):
     out = tmp_path / "out"
-    code, stdout, _ = run(capsys, "sample:coffee", *FAST, "--save-maps", "--out", out)
+    code, stdout, _ = run(capsys, "sample:coffee", *FAST, "--save-maps", "--metrics",
+                          "tests.metric_plugins:mean_relevance", "--out", out)
     assert code == 0
-    table = pd.read_csv(out / "scores.csv")
-    assert list(table["method"]) == ["gradcam", "hirescam", "gradcam_elementwise", "metacam"]
+    table = pd.read_csv(out / "scores.csv", dtype={"percentiles": str, "heldout_percentiles": str})
+    # the sweep's rows: per method its k* row (a fixed k: 50) and its plain (k = 100) row
+    methods = ["gradcam", "hirescam", "gradcam_elementwise", "metacam"]
+    assert list(table["method"]) == [m for m in methods for _ in range(2)]
+    assert list(table["k"]) == [50, 100] * 4 and list(table["is_best_k"]) == [True, False] * 4
+    assert list(table["kind"]) == ["single"] * 6 + ["metacam"] * 2
     assert (table["target_class"] == 967).all() and (table["target_name"] == "espresso").all()
     assert table["target_prob"].iloc[0] == pytest.approx(0.90, abs=0.02)
-    assert (table["k_star"] == 50).all()  # a fixed k
-    assert table[["road_plain", "road_adaptive"]].abs().max().max() <= 1
-    assert table["road_plain"].iloc[0] > 0.1  # Grad-CAM on coffee is a good explanation
+    scores = ["road_combined", "road_heldout_combined", "deletion_auc", "insertion_auc", "sparseness", "complexity"]
+    assert table[scores].notna().all().all() and (table["status"] == "ok").all()
+    assert table[["road_combined", "road_heldout_combined"]].abs().max().max() <= 1
+    plain = table[table["k"] == 100].set_index("method")
+    assert plain.loc["gradcam", "road_combined"] > 0.1  # Grad-CAM on coffee is a good explanation
+    assert plain.loc["gradcam", "deletion_auc"] < plain.loc["gradcam", "insertion_auc"]  # and by RISE too
+    chosen = table[table["is_best_k"]].set_index("method")
+    # k = 50 zeros half the map: more concentrated (Gini up) and simpler (entropy down)
+    assert (chosen["sparseness"] > plain["sparseness"]).all() and (chosen["complexity"] < plain["complexity"]).all()
+    assert (table["road_ties"] == "random").all() and (table["percentiles"] == "50").all()
     assert pd.read_parquet(out / "scores.parquet").equals(table)
 
     image = load_image("sample:coffee")
@@ -43,6 +55,9 @@ def test_explain_writes_figure_table_and_maps(tmp_path, capsys, lite0):
     )["gradcam"][0]
     assert maps["gradcam"].shape == (224, 224) and maps["gradcam"].dtype == np.float32
     assert np.abs(maps["gradcam"] - expected.numpy()).max() <= 1e-5
+    # the plug-in metric's column: its value on the plain map, and on MetaCAM's k* map
+    assert plain.loc["gradcam", "mean_relevance"] == pytest.approx(float(maps["gradcam"].mean()), abs=1e-6)
+    assert chosen.loc["metacam", "mean_relevance"] == pytest.approx(float(maps["metacam"].mean()), abs=1e-6)
     assert 0 <= maps["metacam"].min() and maps["metacam"].max() <= 1
     # MetaCAM at k = 50 keeps about half the pixels
     assert 0.4 <= (maps["metacam"] > 0).mean() <= 0.6
@@ -105,6 +120,10 @@ def test_bad_images_are_reported_one_line_each_and_the_rest_processed(tmp_path, 
         (["--target", "teapot-ish"], "--target 'teapot-ish' is not a class of efficientnet_lite0"),
         (["--target", "1000"], "--target 1000 is outside 0..999"),
         (["--device", "tpu"], "tpu"),
+        (["--metrics", "tests.nowhere:m"], "metric plug-in tests.nowhere:m: cannot import tests.nowhere"),
+        (["--metrics", "tests.metric_plugins:undecorated"], "undecorated is not marked with @metacam.map_metric"),
+        (["--metrics", "tests.metric_plugins:sparseness"], "its column 'sparseness' clashes with the metric sparseness"),
+        (["--metrics", "tests.metric_plugins:renamed_onto_a_results_column"], "its column 'status' clashes with a column"),
     ],
 )
 def test_bad_options_are_one_line_errors(capsys, args, message):

@@ -1,4 +1,4 @@
-"""Tests of ROAD's noisy linear imputation (metacam.imputation, DESIGN §2).
+"""Tests of ROAD's noisy linear imputation (metacam.evaluation.imputation, DESIGN §2).
 
 Oracles: pytorch-grad-cam's NoisyLinearImputer (noise=0) and our direct
 sparse solve (SciPy, float64); hand-computed weighted means for single pixels.
@@ -30,11 +30,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metacam import _impute_native as native
-from metacam import _multigrid as mg
-from metacam import imputation
 from metacam.errors import MetaCAMError
-from metacam.imputation import (
+from metacam.evaluation import _impute_native as native
+from metacam.evaluation import _multigrid as mg
+from metacam.evaluation import imputation
+from metacam.evaluation.imputation import (
     DEFAULT_TOL,
     impute,
     impute_masks,

@@ -8,11 +8,18 @@ import torchvision
 from pytorch_grad_cam.metrics import road as grad_cam_road
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-import metacam.roadscore as road_module
+import metacam.evaluation.roadscore as road_module
 from metacam.config import RoadConfig
 from metacam.ensemble import top_k_mask
 from metacam.errors import MetaCAMError
-from metacam.roadscore import Probe, RoadStats, relevance_ranks, removal_counts, road, road_many
+from metacam.evaluation.roadscore import (
+    Probe,
+    RoadStats,
+    relevance_ranks,
+    removal_counts,
+    road,
+    road_many,
+)
 from tests.cams.conftest import randomise_batchnorm
 
 P = (20, 40, 60, 80)

@@ -50,7 +50,7 @@ class MemberError(MetaCAMError):
         self.problem = problem
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: it is also the sweep's Hydra schema node ``members``
 class MemberOptions:
     """Knobs of the built-in members that bound memory or select a variant.
 

@@ -2,8 +2,9 @@
 
 By concern: :mod:`~metacam.sweep.spec` (what a job is, and its validation),
 :mod:`~metacam.sweep.targets` (which classes), :mod:`~metacam.sweep.design` (the
-experiments, units, paths and the study id), :mod:`~metacam.sweep.scoring`
-(scoring one unit), :mod:`~metacam.sweep.rows` (row assembly and files) and
+experiments, units, paths and the study id), :mod:`~metacam.sweep.controls` (the
+null controls' registry), :mod:`~metacam.sweep.scoring` (scoring one unit through the
+evaluation engine), :mod:`~metacam.sweep.rows` (row assembly and files) and
 :mod:`~metacam.sweep.runner` (running and resuming).
 """
 
@@ -18,7 +19,7 @@ from metacam.sweep.design import (
     study_units,
 )
 from metacam.sweep.runner import JobReport, load_bundle, run_job, write_manifest
-from metacam.sweep.spec import Job, JobSpec, build, validate
+from metacam.sweep.spec import Job, JobSpec, StudyConfig, build, validate
 from metacam.sweep.targets import TargetRule
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Job",
     "JobReport",
     "JobSpec",
+    "StudyConfig",
     "TargetRule",
     "all_experiments",
     "build",

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from metacam.config import ModelConfig
 from metacam.datasets import image_set
+from metacam.evaluation.registry import resolve_metrics
 from metacam.groups import GroupSet
-from metacam.schema import CONTROL_METHODS
+from metacam.schema import CONTROL_METHODS, KIND_CONTROL, KIND_METACAM, KIND_SINGLE
+from metacam.sweep.controls import CONTROLS
 from metacam.sweep.spec import Job, JobSpec, as_plain
 from metacam.sweep.targets import TargetRule
 
@@ -33,7 +35,7 @@ class Experiment:
     flags: one bool per group (the ``g_<group>`` columns); members: the member maps it needs.
     """
 
-    kind: str  # "metacam", "single" or "control"
+    kind: str  # one of metacam.schema.KINDS
     method: str
     combo_id: int | None
     flags: tuple[bool, ...]
@@ -41,7 +43,7 @@ class Experiment:
 
     @property
     def folder(self) -> str:
-        if self.kind == "metacam":
+        if self.kind == KIND_METACAM:
             return f"metacam-combo{self.combo_id:02d}"
         return f"{self.kind}-{safe_name(self.method)}"
 
@@ -55,15 +57,15 @@ def experiments_of(groups: GroupSet, combo_id: int, controls: bool = True) -> li
     """The combination ``combo_id``; its group's members alone when exactly one group is on;
     and the null controls in the all-groups job (when ``controls``)."""
     flags = tuple(groups.flags(combo_id).values())
-    found = [Experiment("metacam", groups.combo_name(combo_id), combo_id, flags,
+    found = [Experiment(KIND_METACAM, groups.combo_name(combo_id), combo_id, flags,
                         tuple(groups.members_of(combo_id)))]
     if sum(flags) == 1:
         (group,) = [members for members, on in zip(groups.members, flags, strict=True) if on]
-        found += [Experiment("single", m, None, flags, (m,)) for m in group]
+        found += [Experiment(KIND_SINGLE, m, None, flags, (m,)) for m in group]
     if controls and combo_id == groups.all_on:
         off = (False,) * groups.size
-        comparator = tuple(groups.members_of(groups.comparator))  # the shuffled control's source
-        found += [Experiment("control", name, None, off, comparator if name == "shuffled" else ())
+        comparator = tuple(groups.members_of(groups.comparator))  # e.g. the shuffled control's source
+        found += [Experiment(KIND_CONTROL, name, None, off, comparator if CONTROLS[name].uses_comparator else ())
                   for name in CONTROL_METHODS]
     return found
 
@@ -114,8 +116,8 @@ def result_path(results_dir: str | Path, model: str, experiment: Experiment, uni
 
 def study_id(spec: JobSpec) -> str:
     """The automatic sweep_id: a hash of what defines the study (groups, ROAD and held-out
-    settings, the second metric, k grid, seed, controls, the image set as a whole and its
-    targets), never of the model, the shard, the combination, the device or batch sizes.
+    settings, the metrics, k grid, member variants, seed, controls, the image set as a whole
+    and its targets), never of the model, the shard, the combination, the device or batch sizes.
 
     The image set is ``data.images`` as given (a folder's contents may grow; v0.2's ids
     stay as they were); a dataset layout (``data.root``) or a sample adds the layout, the
@@ -123,13 +125,16 @@ def study_id(spec: JobSpec) -> str:
     the root), so the same sample of the same data is the same study wherever it lies."""
     road = {k: v for k, v in as_plain(spec.road).items() if k != "batch_size"}
     deletion = {k: v for k, v in as_plain(spec.deletion).items() if k not in ("cpu_batch", "cuda_batch")}
+    members = {k: v for k, v in as_plain(spec.members).items() if k not in ("batch_size", "ablation_batch")}
     data = spec.data
     parts = {
         "groups": spec.groups,
         "road": road,
         "heldout": as_plain(spec.heldout),
         "deletion": deletion,
-        "ks": [float(k) for k in spec.ks],
+        "ks": [float(k) for k in spec.threshold.ks],
+        "members": members,
+        "metrics": [m.name for m in resolve_metrics(spec.metrics)],  # the columns the files hold
         "seed": spec.seed,
         "controls": spec.controls,
         "images": list(data.images),

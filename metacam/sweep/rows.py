@@ -7,7 +7,6 @@ one ``status`` row saying why.
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,25 +22,6 @@ from metacam.sweep.design import Experiment
 from metacam.sweep.spec import Job, as_plain
 
 
-def device_name(device: torch.device) -> str:
-    """``cuda:0: NVIDIA H200`` or ``cpu: AMD EPYC`` (the CPU model from /proc/cpuinfo)."""
-    if device.type == "cuda":
-        return f"{device}: {torch.cuda.get_device_name(device)}"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model}"
-
-
-def _numbers(values: list[float]) -> str:
-    return ",".join(f"{v:g}" for v in values)
-
-
 @dataclass(frozen=True)
 class Provenance:
     """What every row of a job records besides its scores, and the file metadata."""
@@ -51,33 +31,26 @@ class Provenance:
     target_layer: str
     columns: tuple[str, ...]  # the g_<group> flag columns
     fixed: dict  # provenance columns: road_ties, percentiles, ..., metacam_version
+    metrics: tuple[dict, ...]  # the "metrics" list (CONTRACTS §1): the score columns
     metadata: dict[bytes, bytes]
 
     @classmethod
     def of(cls, job: Job, bundle: ModelBundle, model: str) -> Provenance:
         """model: the model key (metacam.sweep.design.model_key), the ``model`` column: it
         tells apart weights of one architecture (checkpoints, seeds, input sizes)."""
-        spec = job.spec
-        heldout = job.heldout.percentiles if job.heldout is not None else []
-        fixed = {
-            "road_ties": job.road.ties,
-            "percentiles": _numbers(job.road.percentiles),
-            "heldout_percentiles": _numbers(heldout),
-            "noise": job.road.noise,
-            "seed": spec.seed,
-            "device": device_name(bundle.device),
-            "torch_version": torch.__version__,
-            "metacam_version": __version__,
-        }
+        spec, evaluator = job.spec, job.evaluator
+        fixed = evaluator.provenance(seed=spec.seed, device=bundle.device)
+        heldout = evaluator.heldout.percentiles if evaluator.heldout is not None else []
         record = {
-            "ties": job.road.ties,
-            "percentiles": list(job.road.percentiles),
+            "ties": evaluator.road.ties,
+            "percentiles": list(evaluator.road.percentiles),
             "heldout_percentiles": list(heldout),
             "heldout_stream": spec.heldout.stream,
-            "noise": job.road.noise,
-            "ks": list(job.ks),
+            "noise": evaluator.road.noise,
+            "ks": list(evaluator.ks),
             "seed": spec.seed,
             "deletion": as_plain(spec.deletion),
+            "members": as_plain(spec.members),
             "target": job.targets.text(),
             "controls": spec.controls,
             "comparator": job.groups.comparator,
@@ -85,12 +58,13 @@ class Provenance:
             "device": fixed["device"],
             "metacam": __version__,
         }
-        metadata = file_metadata(job.groups.to_json(), record)
-        return cls(spec.sweep_id, model, bundle.target_layer_name, job.groups.columns, fixed, metadata)
+        metrics = tuple(evaluator.entries())
+        metadata = file_metadata(job.groups.to_json(), record, metrics)
+        return cls(spec.sweep_id, model, bundle.target_layer_name, job.groups.columns, fixed, metrics, metadata)
 
     @property
     def schema(self) -> pa.Schema:
-        return results_schema([c[2:] for c in self.columns], self.metadata)
+        return results_schema([c[2:] for c in self.columns], self.metadata, self.metrics)
 
     def base(self, experiment: Experiment) -> dict:
         """The columns every row of ``experiment`` shares."""

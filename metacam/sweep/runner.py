@@ -77,7 +77,7 @@ class JobReport:
             + (f", {self.units_failed} failed" if self.units_failed else "")
             + f", {self.seconds:.1f}s (members {t.members:.1f}s, ROAD forward {self.forward_seconds:.1f}s, "
             f"imputation {self.impute_seconds:.1f}s, held-out {t.heldout.total_seconds:.1f}s, "
-            f"deletion/insertion {t.deletion:.1f}s)"
+            f"deletion/insertion {t.deletion:.1f}s, other metrics {t.other_metrics:.2f}s)"
         )
 
 

@@ -1,10 +1,11 @@
 """Scoring one unit of images for every experiment of a job.
 
-For each (image, target) of the unit: the member maps (from the shared cache), the
-candidates of each experiment at every k, ROAD of all of them in one batched call
-(the in-sample draw that chooses k*), then the held-out re-scoring and deletion /
-insertion AUC of each experiment's chosen (k*) and plain (k = 100) maps, and the
-two null controls in the all-groups job.
+For each (image, target) of the unit: the member maps (from the shared cache), then
+each experiment's maps — a MetaCAM combination's members, a single method's map or a
+null control's (:mod:`metacam.sweep.controls`) — go to the evaluation engine
+(:class:`metacam.evaluation.engine.Evaluator`) in one call: candidates at every k,
+in-sample ROAD, k*, then every metric of the run on the chosen (k*) and plain (k = 100)
+maps. This module only turns the engine's result into rows.
 """
 
 from __future__ import annotations
@@ -14,35 +15,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from metacam.adaptive import AdaptiveResult, score_methods
 from metacam.batching import Batches
 from metacam.cache import EntryKey, MemberCache
 from metacam.cams import compute_members, resolve_member
-from metacam.deletion import deletion_insertion
-from metacam.ensemble import metacam_map, metacam_maps, threshold_maps
+from metacam.config import PLAIN_K
+from metacam.ensemble import metacam_map
+from metacam.evaluation.engine import EvaluationStats, MapSource, MethodEvaluation
+from metacam.evaluation.roadscore import Probe
 from metacam.images import LoadedImage, load_images
 from metacam.models import ModelBundle
-from metacam.roadscore import Probe, RoadStats, road_many
-from metacam.seeds import generator, stream_seed
+from metacam.schema import KIND_CONTROL, KIND_SINGLE
+from metacam.seeds import stream_seed
+from metacam.sweep.controls import CONTROLS, ControlInput
 from metacam.sweep.design import Experiment, study_units
 from metacam.sweep.rows import Provenance
 from metacam.sweep.spec import Job, label_key
 
-PLAIN_K = 100.0
-SMOOTH_GRID = 7  # the smooth-noise control: a 7 x 7 Gaussian field, upsampled
-
 
 @dataclass
-class Timings:
-    """Where a job's time goes (seconds), and its cache traffic."""
+class Timings(EvaluationStats):
+    """Where a job's time goes (seconds): the member maps, and the evaluation's split."""
 
     members: float = 0.0
-    road: RoadStats = field(default_factory=RoadStats)
-    heldout: RoadStats = field(default_factory=RoadStats)
-    deletion: float = 0.0
 
 
 @dataclass
@@ -83,18 +79,18 @@ def score_unit(ctx: JobContext, entries: list[str], experiments: list[Experiment
         return rows
     items, probe = _items(ctx, images)
     maps, failures = member_maps(ctx, probe, _needed(experiments))
-    candidates = {e.folder: _candidates(ctx, e, maps, probe, images) for e in experiments}
-    results = score_methods(probe, candidates, job.ks, job.road, stats=ctx.timings.road)
-    extra = _rescore(ctx, probe, results)
+    sources = {e.folder: _maps_of(ctx, e, maps, probe, items) for e in experiments}
+    evaluation = job.evaluator.evaluate(probe, sources, stats=ctx.timings)
     for e in experiments:
+        result = evaluation[e.folder]
         for i, item in enumerate(items):
             failed = [failures[i, m] for m in e.members if (i, m) in failures]
+            failed += [result.failures[i]] if i in result.failures else []
             if failed:
                 rows[e.folder].append(prov.status_row(e, item.image.image_id, item.image.source, item.label,
                                                       failed[0], (item.target, item.rank)))
                 continue
-            rows[e.folder].extend(_score_rows(ctx, e, item, results[e.folder], extra.get(e.folder), i,
-                                              float(probe.clean[i])))
+            rows[e.folder].extend(_score_rows(ctx, e, item, result, i, float(probe.clean[i])))
     return rows
 
 
@@ -145,8 +141,7 @@ def member_maps(ctx: JobContext, probe: Probe, names: list[str]) -> tuple[dict[s
     keys = [
         [
             EntryKey(ctx.model, bundle.target_layer_name, image_id, int(probe.targets[b]), m.name, size,
-                     f"seed={stream_seed(job.spec.seed, f'member.{m.name}', image_id)}" if m.seeded else "",
-                     m.fingerprint)
+                     _variant(job, m, image_id), m.fingerprint)
             for m in entries
         ]
         for b, image_id in enumerate(probe.image_ids)
@@ -166,156 +161,61 @@ def member_maps(ctx: JobContext, probe: Probe, names: list[str]) -> tuple[dict[s
     return maps, failures
 
 
-def _candidates(ctx: JobContext, e: Experiment, maps: dict[str, Tensor], probe: Probe,
-                images: list[LoadedImage]) -> Tensor:
-    """The maps ROAD scores for one experiment: (B, K, H, W)."""
-    ks = ctx.job.ks
-    batch, _, height, width = probe.x.shape
-    if e.kind == "single":
-        return threshold_maps(maps[e.members[0]], ks)
-    if e.kind == "control":
-        control = smooth_noise(probe) if e.method == "smooth_noise" else shuffled(ctx, probe, e, maps, images)
-        return threshold_maps(control, ks)
-    if not e.members:  # combo 0: no explanation, a constant map
-        return torch.zeros(batch, len(ks), height, width, device=probe.x.device)
-    return metacam_maps({m: maps[m] for m in e.members}, ks)
+def _variant(job: Job, member, image_id: str) -> str:
+    """What else changes a member's map: a seeded member's seed, FullGrad's bias layers."""
+    parts = [f"seed={stream_seed(job.spec.seed, f'member.{member.name}', image_id)}"] if member.seeded else []
+    if member.needs_bias_gradients and not job.spec.members.fullgrad_bn_subclasses:
+        parts.append("bn_subclasses=false")
+    return ",".join(parts)
 
 
-def smooth_noise(probe: Probe) -> Tensor:
-    """The smooth-noise control: per image a seeded 7 x 7 Gaussian field (stream
-    ``control.smooth_noise``), bilinearly upsampled and min-max normalised. It depends on
-    the image's id only, never on its pixels. -> (B, H, W)."""
-    fields = [
-        torch.randn(1, 1, SMOOTH_GRID, SMOOTH_GRID, generator=generator(probe.seed, "control.smooth_noise", i))
-        for i in probe.image_ids
-    ]
-    size = (probe.x.shape[-2], probe.x.shape[-1])
-    up = F.interpolate(torch.cat(fields), size=size, mode="bilinear", align_corners=False)[:, 0]
-    low = up.flatten(1).amin(1)[:, None, None]
-    high = up.flatten(1).amax(1)[:, None, None]
-    return ((up - low) / (high - low)).to(probe.x.device)
+def _maps_of(ctx: JobContext, e: Experiment, maps: dict[str, Tensor], probe: Probe, items: list[Item]) -> MapSource:
+    """What the engine scores for one experiment: a single method's or a control's map
+    (B, H, W), or a combination's member maps (MetaCAM_k; combo 0, no member, is a
+    constant map)."""
+    if e.kind == KIND_SINGLE:
+        return maps[e.members[0]]
+    if e.kind == KIND_CONTROL:
+        study = [entry for unit in study_units(ctx.job.spec) for entry in unit]
+        partners: dict[str, Tensor | None] = {}
+
+        def comparator_of(entry: str) -> Tensor | None:
+            if entry not in partners:  # each partner image once
+                partners[entry] = _comparator_map(ctx, entry, list(e.members))
+            return partners[entry]
+
+        inp = ControlInput(probe, {m: maps[m] for m in e.members}, [item.image.source for item in items], study,
+                           comparator_of)
+        return CONTROLS[e.method].make(inp)
+    if not e.members:
+        return torch.zeros(probe.x.shape[0], *probe.x.shape[-2:], device=probe.x.device)
+    return {m: maps[m] for m in e.members}
 
 
-def shuffled(ctx: JobContext, probe: Probe, e: Experiment, maps: dict[str, Tensor],
-             images: list[LoadedImage]) -> Tensor:
-    """The shuffled control: the plain MetaCAM comparator map of *another* image of the
-    study (the next one in the image list, for its top-1 class); in a one-image study,
-    a fixed seeded permutation of this image's own map (stream ``control.shuffled``).
-    -> (B, H, W)."""
-    comparator = list(e.members)
-    own = metacam_map({m: maps[m] for m in comparator}, PLAIN_K)
-    entries = [e for unit in study_units(ctx.job.spec) for e in unit]
-    by_id = {image.image_id: image for image in images}
-    partners: list[str | None] = []
-    for image_id in probe.image_ids:
-        source = by_id[image_id].source
-        position = entries.index(source) if source in entries else -1
-        partners.append(entries[(position + 1) % len(entries)] if len(entries) > 1 and position >= 0 else None)
-    loaded = {p: load_images([p])[0] for p in set(partners) if p is not None}
-    partner_images = {p: found[0] for p, found in loaded.items() if found}
-    out = torch.empty_like(own)
-    for i, partner in enumerate(partners):
-        if partner in partner_images:
-            out[i] = _partner_map(ctx, partner_images[partner], comparator)
-        else:  # one image in the study, or the partner is unreadable
-            pixels = own[i].numel()
-            order = torch.randperm(pixels, generator=generator(probe.seed, "control.shuffled", probe.image_ids[i]))
-            out[i] = own[i].flatten()[order.to(own.device)].view_as(own[i])
-    return out
-
-
-def _partner_map(ctx: JobContext, image: LoadedImage, comparator: list[str]) -> Tensor:
-    """The plain comparator MetaCAM map of ``image`` for its top-1 class (cached members)."""
+def _comparator_map(ctx: JobContext, entry: str, comparator: list[str]) -> Tensor | None:
+    """The plain comparator MetaCAM map (H, W) of image ``entry`` for its top-1 class
+    (cached members), or None if it cannot be read."""
+    found, _ = load_images([entry])
+    if not found:
+        return None
+    image = found[0]
     x = ctx.bundle.preprocess([image])
     probe = Probe.of(ctx.bundle.net, x, image_ids=[image.image_id], seed=ctx.job.spec.seed)
     maps, _ = member_maps(ctx, probe, comparator)
     return metacam_map(maps, PLAIN_K)[0]
 
 
-@dataclass
-class Rescored:
-    """Held-out ROAD and deletion/insertion of an experiment's k* and plain maps.
-
-    Fields (B, 2): column 0 = the k* map, column 1 = the k = 100 map (NaN without it).
-    """
-
-    heldout_combined: Tensor
-    heldout_morf: Tensor
-    heldout_lerf: Tensor
-    deletion: Tensor
-    insertion: Tensor
-
-
-def _rescore(ctx: JobContext, probe: Probe, results: dict[str, AdaptiveResult]) -> dict[str, Rescored]:
-    """Held-out ROAD and deletion/insertion AUC of every experiment's chosen maps, the k*
-    map then the plain map of each: (B, 2E, H, W), each distinct map of an image once
-    (k* = 100 makes both the same map; one-member combinations equal their single)."""
-    job = ctx.job
-    if not results:
-        return {}
-    chosen = []
-    for result in results.values():
-        plain = result.candidates[:, result.at(PLAIN_K)] if PLAIN_K in result.ks else result.best_map
-        chosen += [result.best_map, plain]
-    stacked = torch.stack(chosen, dim=1)
-    scores = {name: torch.full(stacked.shape[:2], float("nan"), device=probe.x.device)
-              for name in ("combined", "morf", "lerf", "deletion", "insertion")}
-    for b in range(stacked.shape[0]):
-        distinct, inverse = torch.unique(stacked[b].flatten(1), dim=0, return_inverse=True)
-        maps = distinct.view(1, -1, *stacked.shape[-2:])
-        image = probe.subset([b])
-        if job.heldout is not None:
-            heldout = road_many(image, maps, job.heldout, stats=ctx.timings.heldout)
-            for name in ("combined", "morf", "lerf"):
-                scores[name][b] = getattr(heldout, name)[0, inverse]
-        started = time.perf_counter()
-        auc = deletion_insertion(image.net, image.x, maps, image.targets, config=job.spec.deletion,
-                                 seeds=image.seeds("deletion.permutation"), clean=image.clean)
-        ctx.timings.deletion += time.perf_counter() - started
-        scores["deletion"][b] = auc.deletion_auc[0, inverse]
-        scores["insertion"][b] = auc.insertion_auc[0, inverse]
-    if PLAIN_K not in job.ks:  # no plain map: only the k* rows are re-scored
-        for values in scores.values():
-            values[:, 1::2] = float("nan")
-    return {folder: Rescored(*(values[:, 2 * i : 2 * i + 2] for values in scores.values()))
-            for i, folder in enumerate(results)}
-
-
-def _value(values: Tensor, i: int, column: int) -> float | None:
-    value = float(values[i, column])
-    return None if value != value else value  # NaN -> null
-
-
-def _score_rows(ctx: JobContext, e: Experiment, item: Item, result: AdaptiveResult,
-                extra: Rescored | None, i: int, clean: float) -> list[dict]:
-    """One row per k for item i of experiment e."""
-    base = ctx.provenance.base(e)
-    best = int(result.best_index[i])
-    rows = []
-    for j, k in enumerate(result.ks):
-        column = 0 if j == best else (1 if k == PLAIN_K else None)
-        row = {
-            **base,
-            "image_id": item.image.image_id,
-            "image_path": item.image.source,
-            "label": item.label,
-            "target_class": item.target,
-            "target_rank": item.rank,
-            "target_prob": clean,
-            "k": k,
-            "road_combined": float(result.scores.combined[i, j]),
-            "road_morf": float(result.scores.morf[i, j]),
-            "road_lerf": float(result.scores.lerf[i, j]),
-            "is_best_k": j == best,
-            "status": "ok",
-        }
-        if column is not None and extra is not None:
-            row.update(
-                road_heldout_combined=_value(extra.heldout_combined, i, column),
-                road_heldout_morf=_value(extra.heldout_morf, i, column),
-                road_heldout_lerf=_value(extra.heldout_lerf, i, column),
-                deletion_auc=_value(extra.deletion, i, column),
-                insertion_auc=_value(extra.insertion, i, column),
-            )
-        rows.append(row)
-    return rows
+def _score_rows(ctx: JobContext, e: Experiment, item: Item, result: MethodEvaluation, i: int,
+                clean: float) -> list[dict]:
+    """One row per k for item i of experiment e: its unit's columns and the engine's scores."""
+    unit = {
+        **ctx.provenance.base(e),
+        "image_id": item.image.image_id,
+        "image_path": item.image.source,
+        "label": item.label,
+        "target_class": item.target,
+        "target_rank": item.rank,
+        "target_prob": clean,
+        "status": "ok",
+    }
+    return [{**unit, **scores} for scores in result.rows(i)]

@@ -1,51 +1,83 @@
 """What one sweep job is (plain data) and its validation, before any work.
 
-:class:`JobSpec` is built from the composed Hydra config by ``metacam.experiments``
-(or by hand); :func:`validate` checks it and resolves it into a :class:`Job`:
-the group set (plug-ins imported), the combination, the target rule, the checked
-ROAD settings, the study's images (:mod:`metacam.datasets`) and, given the model's
-classes, their labels. Every problem is one :class:`MetaCAMError` line.
+:class:`StudyConfig` is what every job of a study is configured with; the sweep's Hydra
+schema (``metacam.experiments.schema.SweepConfig``) and :class:`JobSpec` both extend it,
+so neither copies its fields. ``metacam.experiments`` builds a JobSpec from the composed
+config (or you build one by hand); :func:`validate` checks it and resolves it into a
+:class:`Job`: the group set (plug-ins imported), the combination, the target rule, the
+evaluator (the k grid, ROAD's draws, the metrics, plug-ins imported), the study's images
+(:mod:`metacam.datasets`) and, given the model's classes, their labels. Every problem is
+one :class:`MetaCAMError` line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, is_dataclass
-from typing import Any
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, get_type_hints
 
 from metacam.cams import MemberOptions, resolve_member
-from metacam.config import DataConfig, HeldoutConfig, ModelConfig, RoadConfig, check_ks
+from metacam.config import DataConfig, HeldoutConfig, ModelConfig, RoadConfig, ThresholdConfig
 from metacam.datasets import ImageSet, image_set, resolve_labels
-from metacam.deletion import DeletionConfig
 from metacam.errors import MetaCAMError
+from metacam.evaluation.deletion import DeletionConfig
+from metacam.evaluation.engine import Evaluator
 from metacam.groups import GroupError, GroupSet
+from metacam.schema import FIXED_COLUMNS, flag_columns
 from metacam.sweep.targets import TargetRule
 
 
 @dataclass
-class JobSpec:
-    """Everything one job needs, as plain data.
+class StudyConfig:
+    """What every job of a study is configured with (each default written once, in the
+    config dataclasses these fields hold).
 
+    groups: group name -> members (from conf/groups/*.yaml: a default here would merge
+        with them). members: the member CAMs' knobs (batch sizes, variants).
+    metrics: plug-in metrics (``package.module:function``) scored besides the built-ins.
     combo_id: which groups are on (bit i = the i-th group); None = all on.
     controls: score the null controls (in the all-groups job).
-    results_dir / cache_dir: the dataset folder and the member-map cache (None: no cache).
+    cache_dir: the member-map cache shared by the jobs (None: no cache).
     """
 
-    groups: dict[str, list[str]]
-    combo_id: int | None
-    model: ModelConfig
-    data: DataConfig
-    road: RoadConfig
-    heldout: HeldoutConfig
-    deletion: DeletionConfig
-    ks: list[float]
-    seed: int
-    device: str
-    results_dir: str
-    cache_dir: str | None
-    members: MemberOptions
-    controls: bool
-    sweep_id: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    road: RoadConfig = field(default_factory=RoadConfig)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
+    deletion: DeletionConfig = field(default_factory=DeletionConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    members: MemberOptions = field(default_factory=MemberOptions)
+    metrics: list[str] = field(default_factory=list)
+    combo_id: int | None = None
+    controls: bool = True
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when the job sees a GPU
+    cache_dir: str | None = None
+
+
+@dataclass
+class JobSpec(StudyConfig):
+    """Everything one job needs, as plain data: the study's config, and where it writes.
+
+    results_dir: the dataset folder; sweep_id: the study's id (metacam.sweep.study_id).
+    """
+
+    results_dir: str = ""
+    sweep_id: str = ""
+
+    @classmethod
+    def of(cls, config: Any, **job: Any) -> JobSpec:
+        """A JobSpec from any object or mapping with :class:`StudyConfig`'s fields (e.g.
+        a composed Hydra config as plain dicts): each config dataclass built from its
+        mapping (one-line errors), plus the job's own fields ``job``."""
+        get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
+        types = get_type_hints(StudyConfig)
+        values: dict[str, Any] = {}
+        for f in fields(StudyConfig):
+            value, kind = get(f.name), types[f.name]
+            values[f.name] = build(kind, value, f.name) if isinstance(kind, type) and is_dataclass(kind) else value
+        return cls(**values, **job)
 
 
 @dataclass(frozen=True)
@@ -56,9 +88,7 @@ class Job:
     groups: GroupSet
     combo_id: int
     targets: TargetRule
-    ks: tuple[float, ...]
-    road: RoadConfig
-    heldout: RoadConfig | None  # None: no held-out re-scoring
+    evaluator: Evaluator  # the k grid, ROAD's in-sample and held-out draws, the metrics
     images: ImageSet  # the study's images (all shards), in study order
     labels: dict[str, int]  # label_key(entry) -> class; empty unless validated with the model's classes
 
@@ -120,9 +150,8 @@ def validate(spec: JobSpec, categories: Sequence[str] | None = None) -> Job:
             f"combo_id {combo_id} is outside 0..{groups.n_combos - 1} for the {groups.size} groups "
             f"{', '.join(groups.names)}"
         )
-    ks = tuple(check_ks(spec.ks))
-    road = spec.road.checked()
-    heldout = spec.heldout.road(road) if spec.heldout.enabled else None
+    evaluator = Evaluator.of(spec.threshold.ks, spec.road, spec.heldout, spec.deletion, spec.metrics,
+                             reserved=[*FIXED_COLUMNS, *flag_columns(groups.names)])
     data = spec.data
     if data.images_per_unit < 1:
         raise MetaCAMError(f"data images_per_unit {data.images_per_unit} must be at least 1")
@@ -139,4 +168,4 @@ def validate(spec: JobSpec, categories: Sequence[str] | None = None) -> Job:
                            "(or data=imagefolder, whose class folders are the labels)")
     images = image_set(data, need_labels=targets.kind == "label")
     labels = resolve_labels(images, categories, spec.model.name) if categories is not None else {}
-    return Job(spec, groups, combo_id, targets, ks, road, heldout, images, labels)
+    return Job(spec, groups, combo_id, targets, evaluator, images, labels)

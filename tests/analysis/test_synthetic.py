@@ -36,7 +36,7 @@ def test_tables_follow_the_schema_and_record_the_groups(n_groups):
         assert [(f.name, f.type) for f in table.schema][len(base):] == [
             (c, pa.float32()) for c in ("sparseness", "complexity") if c not in base.names]
         record = read_file_metadata(table.schema)
-        assert record is not None and record["format"] == 3
+        assert record is not None and record["format"] == 3  # CONTRACTS §1: the "metrics" list
         assert GroupSet.from_json(record["groups"]) == groups
         assert record["provenance"]["ties"] == "random"
         assert [m["key"] for m in record["metrics"]] == [m.key for m in BUILTIN]

@@ -9,6 +9,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from metacam.cams import MemberOptions
 from metacam.errors import MetaCAMError
 from metacam.experiments.plan import CONF_DIR, job_spec, plan_sweep
 from metacam.groups import default_groups
@@ -68,14 +69,16 @@ def test_the_number_of_jobs_follows_the_groups_config(tmp_path, count):
 
 def test_all_jobs_of_one_study_share_its_id_whatever_the_model_or_shard():
     ids = set()
-    for overrides in ([], ["combo_id=5"], ["model=efficientnet_lite1"], ["data.shard_count=4", "data.shard_index=3"]):
+    for overrides in ([], ["combo_id=5"], ["model=efficientnet_lite1"], ["data.shard_count=4", "data.shard_index=3"],
+                      ["members.batch_size=64", "members.ablation_batch=32", "road.batch_size=16"]):
         with composed(overrides) as cfg:
             spec = job_spec(cfg)
         ids.add((spec.sweep_id, spec.results_dir))
     assert len(ids) == 1
     (sweep_id, _), = ids
     for other in (["threshold=fine"], ["road=paper"], ["data.target=top2"], ["heldout.percentiles=[25,75]"],
-                  ["seed=1"], ["groups.random=[gradcam]", "groups.gradcam=[hirescam]"]):
+                  ["seed=1"], ["groups.random=[gradcam]", "groups.gradcam=[hirescam]"],
+                  ["members.fullgrad_bn_subclasses=false"], ["metrics=[tests.metric_plugins:mean_relevance]"]):
         with composed(other) as cfg:
             assert job_spec(cfg).sweep_id != sweep_id, other  # defines another study
 
@@ -115,21 +118,33 @@ def test_every_option_composes_and_validates(group, option, tmp_path):
     if group == "model":
         assert spec.model.name == cfg.model.name
     if group == "threshold":
-        assert spec.ks == [float(k) for k in cfg.threshold.ks] and spec.ks[-1] == 100
+        from metacam.config import DEFAULT_KS, FINE_KS
+
+        expected = {"deciles": list(DEFAULT_KS), "fine": list(FINE_KS), "plain": [100.0]}[option]
+        assert [float(k) for k in spec.threshold.ks] == expected  # the grid each option names
     if group == "road":
         assert spec.road.ties == {"default": "random", "paper": "inclusive"}[option]
 
 
 def test_defaults_come_from_the_library_dataclasses():
     """One place per default: the composed config equals the dataclasses' defaults."""
-    from metacam.config import DataConfig, HeldoutConfig, RoadConfig
-    from metacam.deletion import DeletionConfig
+    from metacam.config import DEFAULT_KS, DataConfig, HeldoutConfig, RoadConfig, ThresholdConfig
+    from metacam.evaluation.deletion import DeletionConfig
 
     with composed() as cfg:
         spec = job_spec(cfg)
     assert spec.road == RoadConfig() and spec.heldout == HeldoutConfig()
     assert spec.deletion == DeletionConfig() and spec.data == DataConfig()
     assert spec.groups == {g: list(m) for g, m in default_groups().items()}
+    assert spec.threshold == ThresholdConfig() and spec.members == MemberOptions() and spec.metrics == []
+    assert spec.threshold.ks == list(DEFAULT_KS) == [10.0 * i for i in range(1, 11)]  # the one k grid default
+
+
+def test_member_options_are_one_config_node():
+    """members.* reaches the job as one MemberOptions (batch sizes, AblationCAM's chunk, FullGrad's variant)."""
+    with composed(["members.batch_size=16", "members.ablation_batch=32", "members.fullgrad_bn_subclasses=false"]) as cfg:
+        spec = job_spec(cfg)
+    assert spec.members == MemberOptions(batch_size=16, ablation_batch=32, fullgrad_bn_subclasses=False)
 
 
 @pytest.mark.parametrize(

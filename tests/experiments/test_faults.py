@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from metacam.cache import EntryKey, MemberCache
+from metacam.evaluation.registry import builtins, entries
 from metacam.experiments.plan import job_spec
 from metacam.results import result_files
 from metacam.schema import results_schema
@@ -135,7 +136,7 @@ def test_unreadable_image_gets_a_status_row_and_the_rest_is_scored(tmp_path):
     good = frame[frame["status"] == "ok"]
     assert len(good) == 4 * 3 and good["road_combined"].notna().all()  # 4 experiments x 3 ks
     assert good.groupby(["kind", "method"])["is_best_k"].sum().eq(1).all()
-    assert list(frame.columns) == results_schema(["gradcam", "eigen"]).names
+    assert list(frame.columns) == results_schema(["gradcam", "eigen"], None, entries(builtins())).names
 
 
 def _race(root: str, barrier, results) -> None:
@@ -253,6 +254,7 @@ def test_corrupt_cache_entry_in_a_sweep_gives_the_same_rows(tmp_path):
         ("threshold.ks=[0,50]", "k=0 is outside (0, 100]"),
         ("road=exact", "road"),
         ("road.tiess=random", "tiess"),
+        ("metrics=[tests.nowhere:metric]", "metric plug-in tests.nowhere:metric: cannot import tests.nowhere"),
     ],
 )
 def test_bad_override_is_one_error_before_any_job_starts(tmp_path, override, message):
@@ -309,7 +311,7 @@ class _OOMWhenLarge(torch.nn.Module):
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_scores(caplog):
     from metacam.config import RoadConfig
-    from metacam.roadscore import Probe, road_many
+    from metacam.evaluation.roadscore import Probe, road_many
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),

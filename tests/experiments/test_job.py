@@ -155,8 +155,11 @@ def test_controls_are_scored_for_every_image_in_the_all_groups_job(tmp_path):
 def test_the_smooth_noise_control_ignores_the_pixels_and_the_shuffled_uses_another_image():
     import torch
 
-    from metacam.roadscore import Probe
-    from metacam.sweep.scoring import smooth_noise
+    from metacam.evaluation.roadscore import Probe
+    from metacam.sweep.controls import CONTROLS, ControlInput
+
+    def smooth_noise(probe):  # through the registry, as the scoring calls it
+        return CONTROLS["smooth_noise"].make(ControlInput(probe, {}, [], [], lambda entry: None))
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4))
     a = Probe.of(net, torch.zeros(1, 3, 32, 32), image_ids=["x"], seed=0)
@@ -202,6 +205,11 @@ def test_units_do_not_depend_on_the_shard_count(tmp_path):
         ("combo_id=64", "combo_id 64 is outside 0..63"),
         ("model.name=resnet5O", "unknown model 'resnet5o'"),
         ("deletion.steps=0", "deletion steps=0"),
+        ("metrics=[tests.nowhere:m]", "metric plug-in tests.nowhere:m: cannot import tests.nowhere"),
+        ("metrics=[tests.metric_plugins:undecorated]", "undecorated is not marked with @metacam.map_metric"),
+        ("metrics=[tests.metric_plugins:sparseness]", "its column 'sparseness' clashes with the metric sparseness"),
+        ("metrics=[tests.metric_plugins:renamed_onto_a_results_column]",
+         "its column 'status' clashes with a column of the results"),
     ],
 )
 def test_validation_errors_before_any_job(override, message, tmp_path):

@@ -40,7 +40,7 @@ LAUNCHER = [
     "hydra.launcher.cpus_per_task=1",
     "hydra.launcher.mem_gb=2",
     "hydra.launcher.array_parallelism=8",
-    "member_batch_size=64",
+    "members.batch_size=64",
 ]
 TWO_GROUPS = [*(o for o in FAST if not o.startswith("groups.")), "groups=two_groups"]
 COMPLETE_WITHIN_S = 3600  # a hang guard for polls, far above the few minutes it takes

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metacam import _impute_native as native
-from metacam import _multigrid as mg
 from metacam.errors import MetaCAMError
+from metacam.evaluation import _impute_native as native
+from metacam.evaluation import _multigrid as mg
 
 __all__ = ["impute", "impute_masks", "linear_impute", "linear_impute_reference"]
 
@@ -215,9 +215,9 @@ def linear_impute(
     max_coarse: pixels of the coarsest grid, which is solved densely.
 
     Solvers: on the CPU, float32 work goes to a fused C kernel
-    (:mod:`metacam._impute_native`, compiled on first use, one mask per torch
+    (:mod:`metacam.evaluation._impute_native`, compiled on first use, one mask per torch
     thread); without a C compiler, on CUDA and for float64 inputs, the torch
-    solver (:mod:`metacam._multigrid`) runs the same algorithm batched. Each
+    solver (:mod:`metacam.evaluation._multigrid`) runs the same algorithm batched. Each
     solve starts from x itself (the removed pixels' original values), which
     saves ~0.7 of ~4.4 CG iterations over a start from 0 on ROAD masks.
     float64 inputs are solved in float64, everything else in float32.

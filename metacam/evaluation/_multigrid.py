@@ -1,6 +1,6 @@
 """Batched multigrid-preconditioned conjugate gradients for ROAD's linear imputation.
 
-Private helper of :mod:`metacam.imputation`. Every removed pixel ``i`` satisfies
+Private helper of :mod:`metacam.evaluation.imputation`. Every removed pixel ``i`` satisfies
 ``D_i u_i - sum_j w_ij u_j = 0`` over its in-bounds 8 neighbours (edge weight
 1/6, diagonal 1/12, ``D_i`` = the in-bounds weight sum) with kept pixels fixed.
 Moving the kept values to the right-hand side leaves an SPD system ``A u = b``

@@ -6,7 +6,7 @@ f(z) = softmax(net(z))_c:
 
 * ranks: the pixels ordered by A, most relevant first; ties (the zeros of a
   thresholded map, flat regions) broken by one seeded random permutation per
-  image (:func:`metacam.roadscore.relevance_ranks`), shared by all maps of the
+  image (:func:`metacam.evaluation.roadscore.relevance_ranks`), shared by all maps of the
   image, so exactly the scheduled number of pixels moves at every step;
 * counts: n_i = round(i * P / S) for i = 0 .. S (S = ``steps``), fractions
   t_i = n_i / P, from 0 to 1;
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from metacam.errors import MetaCAMError
-from metacam.roadscore import relevance_ranks
+from metacam.evaluation.roadscore import relevance_ranks
 
 _DELETION, _INSERTION = 0, 1
 

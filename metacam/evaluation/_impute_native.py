@@ -2,14 +2,14 @@
 
 ROAD's imputation on the CPU is bound by torch's per-operation overhead and
 memory passes, not by arithmetic: the same multigrid PCG as
-:mod:`metacam._multigrid`, written as row-by-row fused loops, is ~3x faster
+:mod:`metacam.evaluation._multigrid`, written as row-by-row fused loops, is ~3x faster
 per mask and runs masks in parallel threads (ctypes releases the GIL).
 
 The C source below is compiled with the system C compiler (``$CC``, ``cc``,
 ``gcc`` or ``clang``; about 2 s) into a shared library cached under
 ``$METACAM_CACHE_DIR`` (default ``~/.cache/metacam``), keyed by the source,
 the compiler, the flags and the CPU. Without a compiler, or if anything fails,
-:func:`library` returns None and :mod:`metacam.imputation` uses the torch
+:func:`library` returns None and :mod:`metacam.evaluation.imputation` uses the torch
 solver: same algorithm and tolerance, slower.
 
 Environment:
@@ -208,8 +208,11 @@ def solve(
     assert removed.dtype == torch.uint8 and removed.is_contiguous() and out.is_contiguous()
     assert removed.shape == (n, h, w) and out.shape == x.shape
     k = rows.numel()
-    iterations = torch.zeros(k, dtype=torch.int64)
-    estimates = torch.zeros(k, dtype=torch.float64)
+    # Results go to Python lists, not tensors: inference mode is thread-local, so a
+    # tensor made under the caller's torch.inference_mode() is an inference tensor
+    # that these worker threads (outside it) may not write in place.
+    iterations = [0] * k
+    estimates = [0.0] * k
     todo = rows.tolist()
     nxt = iter(range(k))
     take = threading.Lock()
@@ -242,12 +245,12 @@ def solve(
         with ThreadPoolExecutor(threads) as pool:
             for f in [pool.submit(worker) for _ in range(threads)]:
                 f.result()
-    return iterations, estimates
+    return torch.tensor(iterations, dtype=torch.int64), torch.tensor(estimates, dtype=torch.float64)
 
 
 _SOURCE = r"""
 /* Multigrid-preconditioned CG for ROAD's linear imputation, one mask per call:
- * the algorithm of metacam/_multigrid.py (scaled integer stencil, Galerkin
+ * the algorithm of metacam/evaluation/_multigrid.py (scaled integer stencil, Galerkin
  * coarse levels, V(1,1) Jacobi cycle, warm start, float64 residual replacement)
  * with its passes fused row by row. Planes are stored with a zero halo (1
  * row/column before, 2 after) so that stencils and grid transfers need no

@@ -2,7 +2,7 @@
 
 For a saliency map A of image x with target c and removal percentages P:
 MoRF_p removes the p% most relevant pixels, LeRF_p the p% least relevant, by
-noisy linear imputation (:mod:`metacam.imputation`); f is the target's softmax
+noisy linear imputation (:mod:`metacam.evaluation.imputation`); f is the target's softmax
 probability. We report
 
 * ``morf`` = mean_p f(MoRF_p) - f(x) and ``lerf`` = mean_p f(LeRF_p) - f(x)
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ from metacam.batching import Batches
 from metacam.config import RoadConfig, check_percentiles
 from metacam.ensemble import percentile_of_sorted
 from metacam.errors import MetaCAMError
-from metacam.imputation import impute_masks
+from metacam.evaluation.imputation import impute_masks
 from metacam.progress import NO_PROGRESS, Progress
 from metacam.seeds import check_ids, stream_seed
 
@@ -141,11 +141,15 @@ def target_probabilities(
 
 @dataclass(frozen=True)
 class Probe:
-    """The model and the images every score is measured against.
+    """The model and the images every score is measured against: one batch of B items.
 
-    x: (B, C, H, W) normalised images; targets: (B,) long, the classes explained;
-    clean: (B,) softmax probability of each target on its clean image;
-    image_ids: one id per image (seeds its random streams); seed: the run seed.
+    This is also what a plug-in metric (``@metacam.model_metric``) is given.
+
+    net: the classifier (eval mode); x: (B, C, H, W) normalised images (``images``);
+    targets: (B,) long, the classes explained; clean: (B,) softmax probability of each
+    target on its clean image; image_ids: one id per item (seeds its random streams);
+    seed: the run seed; batch_size: images per forward pass of :meth:`probabilities`
+    (None: 8 on CPU, 512 on CUDA); noise: the std of :meth:`impute`'s noise (ROAD's).
     """
 
     net: nn.Module
@@ -154,6 +158,8 @@ class Probe:
     clean: Tensor
     image_ids: tuple[str, ...]
     seed: int = 0
+    batch_size: int | None = None
+    noise: float = RoadConfig.noise
 
     @classmethod
     def of(
@@ -189,14 +195,64 @@ class Probe:
         clean = probs.gather(1, chosen[:, None])[:, 0]
         return cls(net, x, chosen, clean, ids, seed)
 
+    @property
+    def images(self) -> Tensor:
+        """(B, C, H, W) the normalised images (the same tensor as ``x``)."""
+        return self.x
+
     def subset(self, indices: Sequence[int]) -> Probe:
+        """The probe of items ``indices`` (in that order, repeats allowed)."""
         index = list(indices)
-        return Probe(self.net, self.x[index], self.targets[index], self.clean[index],
-                     tuple(self.image_ids[i] for i in index), self.seed)
+        return replace(self, x=self.x[index], targets=self.targets[index], clean=self.clean[index],
+                       image_ids=tuple(self.image_ids[i] for i in index))
 
     def seeds(self, stream: str) -> list[int]:
         """One seed per image for ``stream`` (metacam.seeds.stream_seed)."""
         return [stream_seed(self.seed, stream, i) for i in self.image_ids]
+
+    def probabilities(self, images: Tensor, *, stats: RoadStats | None = None) -> Tensor:
+        """Softmax probability of each item's target on other versions of its image.
+
+        images: (B, C, H, W), or (B, S, C, H, W) for S versions of each image ->
+        (B,) or (B, S). Runs ``batch_size`` images per forward pass, under
+        :func:`torch.inference_mode`; on CUDA out-of-memory the batch halves and the
+        pass is retried (metacam.batching), down to 1.
+        """
+        if not isinstance(images, Tensor) or images.ndim not in (4, 5) or images.shape[0] != self.x.shape[0] \
+                or tuple(images.shape[-3:]) != tuple(self.x.shape[1:]):
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise MetaCAMError(f"Probe.probabilities: images {shape} do not match the probe's "
+                               f"{tuple(self.x.shape)}; give (B, C, H, W) or (B, S, C, H, W)")
+        leading = tuple(images.shape[:-3])
+        flat = images.reshape(-1, *images.shape[-3:]).to(self.x.device)
+        targets = self.targets.repeat_interleave(flat.shape[0] // self.x.shape[0])
+        out = target_probabilities(self.net, flat, targets,
+                                   batch_size=self.batch_size or default_batch_size(self.x.device), stats=stats)
+        return out.view(leading)
+
+    def impute(self, removed: Tensor) -> Tensor:
+        """ROAD's noisy linear imputation of each item's image (DESIGN §2).
+
+        removed: (B, H, W) or (B, S, H, W) bool, True = removed -> (B, C, H, W) or
+        (B, S, C, H, W). The removed pixels are solved from their neighbours, then
+        Gaussian noise of std ``noise`` is added to them: one field per image from its
+        stream ``metric.noise`` (shared by the image's S masks, as in ROAD).
+        """
+        if not isinstance(removed, Tensor) or removed.ndim not in (3, 4) or removed.shape[0] != self.x.shape[0] \
+                or tuple(removed.shape[-2:]) != tuple(self.x.shape[-2:]):
+            shape = tuple(removed.shape) if isinstance(removed, Tensor) else type(removed).__name__
+            raise MetaCAMError(f"Probe.impute: removed {shape} does not match the probe's images "
+                               f"{tuple(self.x.shape)}; give (B, H, W) or (B, S, H, W) masks")
+        masks = (removed if removed.ndim == 4 else removed[:, None]).to(self.x.device, torch.bool)
+        out = []
+        for b, seed in enumerate(self.seeds("metric.noise")):
+            filled = impute_masks(self.x[b], masks[b])
+            if self.noise > 0:
+                field = torch.randn(self.x.shape[1:], generator=torch.Generator().manual_seed(seed))
+                filled = filled + (field * self.noise).to(filled.device) * masks[b][:, None]
+            out.append(filled)
+        stacked = torch.stack(out)
+        return stacked if removed.ndim == 4 else stacked[:, 0]
 
 
 def removal_counts(percentiles: Sequence[float], pixels: int) -> list[int]:

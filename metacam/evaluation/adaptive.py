@@ -4,8 +4,9 @@ For a single map the candidates are T_k(A); for an ensemble (a dict or stack of
 member maps) they are MetaCAM_k, where the same k thresholds the members and the
 consensus. :func:`choose_k` is the one implementation of the choice (the first
 maximum wins, i.e. the smallest k among equal scores); :func:`score_methods`
-scores the candidates of many methods in one batched ROAD call and is what the
-public :func:`adaptive_threshold`, ``metacam explain`` and the sweep all use.
+scores the candidates of many methods in one batched ROAD call: the public
+:func:`adaptive_threshold` and the evaluation engine's in-sample step
+(:class:`metacam.evaluation.engine.Evaluator`, which explain and the sweep use).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from torch import Tensor, nn
 
 from metacam.config import DEFAULT_KS, RoadConfig, check_ks
 from metacam.ensemble import metacam_maps, threshold_maps
+from metacam.evaluation.roadscore import Probe, RoadScores, RoadStats, road_many
 from metacam.progress import NO_PROGRESS, Progress
-from metacam.roadscore import Probe, RoadScores, RoadStats, road_many
 
 
 @dataclass
