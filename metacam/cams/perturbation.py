@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from metacam.batching import Batches
 from metacam.cams.gradient import weighted_sum
 from metacam.cams.registry import MemberInput, member
+from metacam.reshape import Identity, Reshape
 
 ABLATION_OFFSET = 1e7  # grad-cam's ablation value below the minimum for signed layers
 
@@ -60,6 +61,8 @@ def _ablationcam_member(inp: MemberInput) -> Tensor:
         inp.shared.targets,
         batch_size=inp.options.ablation_batch or default_ablation_batch(inp.x.device),
         progress=inp.progress,
+        reshape=inp.reshape,
+        outputs=inp.shared.output,
     )
 
 
@@ -149,9 +152,11 @@ def ablationcam(
     *,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
+    reshape: Reshape | None = None,
+    outputs: Tensor | None = None,
 ) -> Tensor:
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020): w_k = (s - s_k) / s, where s_k is
-    the target logit with channel k set to the ablation value.
+    the target logit with channel k of the map set to the ablation value.
 
     Only the part of the network after the target layer does real work: the
     input goes through once per chunk (batch of 1) and a hook replaces the target
@@ -159,9 +164,15 @@ def ablationcam(
     skip tensors from before the layer. Models where that broadcast fails fall
     back to full passes over repeated inputs (grad-cam's strategy).
 
+    On a transformer the ablated maps are written back into the layer's layout by
+    ``reshape.inverse`` (tokens, channels-last), the class and distillation tokens
+    kept from ``outputs``, the layer's own output (B, ...): a channel is ablated where
+    the map shows it.
+
     x: (B, C, H, W); activations: (B, K, h, w); logits: (B, classes); targets: (B,)
     -> raw map (B, h, w).
     """
+    reshape = reshape or Identity()
     batch, channels = activations.shape[:2]
     weights = torch.zeros(batch, channels, device=x.device, dtype=activations.dtype)
     batches = Batches(batch_size, "AblationCAM")  # halves on CUDA out-of-memory
@@ -184,7 +195,7 @@ def ablationcam(
                 idx = live[start:stop]
                 ablated = acts.expand(idx.numel(), -1, -1, -1).clone()
                 ablated[torch.arange(idx.numel()), idx] = value
-                swap.replacement = ablated
+                swap.replacement = reshape.inverse(ablated, acts[None] if outputs is None else outputs[b : b + 1])
                 scores = tail.scores(x[b][None], idx.numel(), target)
                 weights[b, idx] = (original - scores) / original
                 if progress is not None:
