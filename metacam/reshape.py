@@ -130,10 +130,11 @@ class UserReshape(Reshape):
     """A user's ``package.module:fn``, ``fn(output) -> (B, C, h, w)``.
 
     Its inverse is ``fn.inverse(grid, output)`` when the function has that attribute;
-    otherwise it is derived by autograd: ``output + J^T (grid - fn(output))``, with J the
-    Jacobian of ``fn``. For what reshape transforms are (selections, permutations and
-    reshapes of the output's entries, each read at most once) this writes every map
-    value back where ``fn`` read it and leaves the rest of ``output`` as it is, exactly.
+    otherwise it is derived by autograd from J, the Jacobian of ``fn``:
+    ``J^T grid + output * (1 - J^T 1)``. For what reshape transforms are (selections,
+    permutations and reshapes of the output's entries, each read at most once, so J has
+    0/1 entries) this writes every map value back where ``fn`` read it and keeps the rest
+    of ``output``, exactly (no float rounding: each entry is one value times 1 plus zeros).
     """
 
     name: str
@@ -159,8 +160,9 @@ class UserReshape(Reshape):
         with torch.enable_grad():
             base.requires_grad_(True)
             mapped = function(base)
-            (back,) = torch.autograd.grad(mapped, base, grad_outputs=grid - mapped.detach())
-        return base.detach() + back
+            (placed,) = torch.autograd.grad(mapped, base, grad_outputs=grid, retain_graph=True)
+            (read,) = torch.autograd.grad(mapped, base, grad_outputs=torch.ones_like(grid))
+        return placed + base.detach() * (1 - read)
 
 
 @functools.lru_cache(maxsize=16)

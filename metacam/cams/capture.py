@@ -216,6 +216,7 @@ def shared_pass(
     products: list[Tensor | None] = [None] * count
     extra: dict[str, Sequence[Tensor | None]] = {}
     input_gradient = None
+    bias_gradients: list[Tensor | None] = []
     try:
         with torch.enable_grad(), _math_attention() if need_hessian else nullcontext():
             # The input requires grad whenever any gradient is needed: then a graph
@@ -255,6 +256,9 @@ def shared_pass(
                 (input_gradient,) = torch.autograd.grad(
                     target_score, x_in, retain_graph=True, allow_unused=True
                 )
+                # Read the bias gradients now: a later backward (an extra score's) fires
+                # the hooks of the bias layers after the target layers again.
+                bias_gradients = list(store.values[count:])
                 if need_gradients and not need_hessian:
                     gradients = list(store.values[:count])
             elif need_gradients and not need_hessian:
@@ -267,11 +271,9 @@ def shared_pass(
 
     if need_gradients and any(g is None for g in gradients):
         raise RuntimeError("no gradient reached a target layer; is it used by the output?")
-    bias_terms = []
-    for index, layer in enumerate(biases, start=count):
-        grad = store.values[index]
-        if grad is not None:
-            bias_terms.append((effective_bias(layer), grad))
+    bias_terms = [
+        (effective_bias(layer), grad) for layer, grad in zip(biases, bias_gradients) if grad is not None
+    ]
     shared = {
         "logits": logits.detach(),
         "targets": chosen,

@@ -6,20 +6,32 @@ import numpy as np
 import pytorch_grad_cam as pgc
 import torch
 from pytorch_grad_cam.ablation_layer import AblationLayerVit
+from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection, get_2d_projection_kernel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class ShapleyCAMReshaped(pgc.ShapleyCAM):
-    """grad-cam 1.5.7's ShapleyCAM with its reshape bug fixed, and nothing else changed.
+    """grad-cam 1.5.7's ShapleyCAM with two bugs fixed, and its math unchanged.
 
     ShapleyCAM keeps the graph (``detach=False``), so the activations it stores are the
     layer's raw output, and ``BaseCAM.get_cam_image`` weights those *un-reshaped*
     activations: with any ``reshape_transform`` it fails (ValueError on ViT tokens, a
     broadcast error on Swin). Here the weights come from grad-cam's own
-    ``get_cam_weights`` and the activations they weight are reshaped first.
+    ``get_cam_weights`` and the activations they weight are reshaped first. And its
+    Hessian-vector product frees the graph (``retain_graph=False``), so with several
+    target layers the second layer's fails wherever the network is not piecewise
+    linear after them; here the graph is kept until the call ends.
     """
+
+    def get_cam_weights(self, input_tensor, target_layer, target_category, activations, grads):
+        grad = torch.autograd.grad
+        try:  # grad-cam's own code, with the graph retained
+            torch.autograd.grad = lambda *a, **k: grad(*a, **{**k, "retain_graph": True})
+            return super().get_cam_weights(input_tensor, target_layer, target_category, activations, grads)
+        finally:
+            torch.autograd.grad = grad
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth):
         weights = self.get_cam_weights(input_tensor, target_layer, targets, activations, grads)
@@ -68,6 +80,16 @@ class PatchTokenAblation(AblationLayerVit):
         return output
 
 
+def ablation_layer_for(reshape):
+    """grad-cam's ablation layer matching a model's reshape: AblationLayerVit on
+    channels-last Swin (no extra tokens: the same ablation as ours), the patch-token
+    variant on ViT/DeiT tokens, grad-cam's default for a CNN (None)."""
+    prefix = getattr(reshape, "prefix", None)
+    if prefix is not None:
+        return PatchTokenAblation(prefix)
+    return None if reshape is None or reshape.is_identity else AblationLayerVit()
+
+
 def _orient(projection: np.ndarray, batch: np.ndarray) -> np.ndarray:
     """DESIGN §2's sign: positive correlation with the channel sum of the decomposed maps."""
     channel_sum = batch.sum(axis=1)
@@ -100,10 +122,10 @@ def oracle_map(name, net, layer, x, targets, monkeypatch=None, *, reshape=None,
     """grad-cam's map for member ``name``: (B, H, W) float32.
 
     layer: a module or a list of target layers; reshape: grad-cam's reshape_transform;
-    ablation_layer: AblationCAM's (grad-cam's default for CNNs). AblationCAM runs one
-    ablated copy per pass: with more, grad-cam lowers the ablation value of signed layers
-    by 1e7 per copy (its loop re-reads the minimum it just wrote), so its map would
-    depend on its batch_size.
+    ablation_layer: AblationCAM's (grad-cam's default for CNNs). On a transformer (signed
+    layers) AblationCAM runs one ablated copy per pass: with more, grad-cam lowers the
+    ablation value by 1e7 per copy (its loop re-reads the minimum it just wrote), where
+    ours is min - 1e7 for every channel.
     """
     if name in ("eigencam", "eigengradcam", "kpcacam"):
         assert monkeypatch is not None, "Eigen members need the sign convention patched in"
@@ -120,6 +142,7 @@ def oracle_map(name, net, layer, x, targets, monkeypatch=None, *, reshape=None,
         cam = cls(net, layers, reshape_transform=reshape)
     if name == "scorecam":
         cam.batch_size = 64  # grad-cam reads this attribute if present; speed only
+
     # ShapleyCAM's Hessian-vector product needs attention's plain-math kernel (the fused
     # CPU kernel has no second derivative), as MetaCAM's shared pass uses for it.
     with sdpa_kernel([SDPBackend.MATH]) if name == "shapleycam" else nullcontext():
@@ -131,6 +154,10 @@ def oracle_map(name, net, layer, x, targets, monkeypatch=None, *, reshape=None,
                 ])
             return cam(x, [ClassifierOutputTarget(int(c)) for c in targets])
         finally:
+            if name == "ablationcam":
+                # grad-cam swaps its ablation layer into the net and, if it raises, leaves it there
+                for target in layers:
+                    replace_layer_recursive(net, cam.ablation_layer, target)
             inner = getattr(cam, "base_cam", cam)
             # grad-cam's release detaches gradients in place, which fails on views
             inner.activations_and_grads.gradients = []
