@@ -788,7 +788,7 @@ def _timm_cached_weights(arch: str) -> tuple[Path, bool]:
             if isinstance(found, str):
                 return Path(found), False
         places.append(f"the Hugging Face cache (hub id {cfg.hf_hub_id})")
-    if cfg.url:
+    if isinstance(cfg.url, str) and cfg.url:
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
         if path.is_file():
             return path, bool(cfg.custom_load)

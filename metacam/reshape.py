@@ -199,8 +199,8 @@ class Family:
 
     name: str
     matches: Callable[[nn.Module], bool]
-    default_layer: Callable[[nn.Module], str]
-    reshape: Callable[[nn.Module], Reshape]
+    default_layer: Callable[[Any], str]  # the net: Any, as each reads its own attributes
+    reshape: Callable[[Any], Reshape]
 
 
 def _loaded_class(module: str, name: str) -> type | None:
@@ -219,7 +219,8 @@ def _last(sequence: Any) -> int:
 
 
 def _timm_vit_grid(net: Any) -> Reshape:
-    return Tokens(int(net.num_prefix_tokens), tuple(int(s) for s in net.patch_embed.grid_size))  # type: ignore[arg-type]
+    height, width = (int(s) for s in net.patch_embed.grid_size)
+    return Tokens(int(net.num_prefix_tokens), (height, width))
 
 
 def _torchvision_vit_grid(net: Any) -> Reshape:

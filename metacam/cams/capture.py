@@ -216,7 +216,7 @@ def shared_pass(
     products: list[Tensor | None] = [None] * count
     extra: dict[str, Sequence[Tensor | None]] = {}
     input_gradient = None
-    bias_gradients: list[Tensor | None] = []
+    bias_gradients: list[Tensor | None] = [None] * len(biases)
     try:
         with torch.enable_grad(), _math_attention() if need_hessian else nullcontext():
             # The input requires grad whenever any gradient is needed: then a graph
@@ -272,7 +272,9 @@ def shared_pass(
     if need_gradients and any(g is None for g in gradients):
         raise RuntimeError("no gradient reached a target layer; is it used by the output?")
     bias_terms = [
-        (effective_bias(layer), grad) for layer, grad in zip(biases, bias_gradients) if grad is not None
+        (effective_bias(layer), grad)
+        for layer, grad in zip(biases, bias_gradients, strict=True)
+        if grad is not None
     ]
     shared = {
         "logits": logits.detach(),

@@ -4,7 +4,6 @@ normalised), equals grad-cam with ``target_layers=[a, b]`` (max abs difference <
 the layers are part of the member-cache key."""
 
 import pytest
-import torch
 
 from metacam.cache import EntryKey
 from metacam.cams import MEMBERS, member_cams

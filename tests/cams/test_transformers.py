@@ -16,7 +16,7 @@ from pytorch_grad_cam.utils.reshape_transforms import swinT_reshape_transform, v
 
 from metacam.cams import MEMBERS, compute_members, member_cams
 from metacam.errors import MetaCAMError
-from metacam.models import ModelBundle, load_model
+from metacam.models import load_model
 from metacam.reshape import ChannelsLast, Tokens, UserReshape
 from tests.cams.conftest import TINY_SIZE, TINY_VIT, tiny_transformer
 from tests.cams.oracle import ablation_layer_for, max_abs_diff, oracle_map
