@@ -140,7 +140,8 @@ _BlockSlot = tuple[int, int, dict[str, str]]
 class ModelBundle:
     """The model object: a classifier with everything a CAM member needs to explain it.
 
-    ``net`` is in eval mode on ``device``, its parameters' ``requires_grad`` as loaded.
+    ``net`` is on ``device`` (in eval mode when :func:`load_model` built it), its
+    parameters' ``requires_grad`` as loaded.
     ``target_layers`` are the modules of ``net`` named ``target_layer_names`` (one, or
     several whose maps pytorch-grad-cam's way combines); ``reshape`` turns each one's
     output into the ``(B, C, h, w)`` map members read, and back (:mod:`metacam.reshape`;
@@ -214,8 +215,14 @@ class ModelBundle:
 
     @property
     def target_layer(self) -> nn.Module:
-        """The first target layer (for callers that handle one; a model with several
-        target layers must be passed whole)."""
+        """The target layer, for callers that pass one bare layer. A model with several
+        target layers must be passed whole: a one-line MetaCAMError rather than one of them."""
+        if len(self.target_layers) > 1:
+            raise MetaCAMError(
+                f"model {self.name} has {len(self.target_layers)} target layers "
+                f"({self.target_layer_name}); this caller takes one layer: pass the model object "
+                f"(compute_members(model, x, ...)) or choose one layer"
+            )
         return self.target_layers[0]
 
     @property

@@ -58,7 +58,8 @@ class MemberError(MetaCAMError):
 class MemberOptions:
     """Knobs of the built-in members that bound memory or select a variant.
 
-    batch_size: ScoreCAM's masked images per forward pass (None: 8 on CPU, 128 on CUDA).
+    batch_size: ScoreCAM's masked images per forward pass (None: 8 on CPU, 64 for a
+        transformer on CPU, 128 on CUDA).
     ablation_batch: AblationCAM's ablated copies per pass of the layers after the
         target (None: 256 on CPU, 1024 on CUDA).
     fullgrad_bn_subclasses: include BatchNorm2d subclasses (timm's BatchNormAct2d)

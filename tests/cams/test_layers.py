@@ -76,7 +76,9 @@ def test_layer_lists_resolve_by_name_and_are_checked():
     assert model.target_layer_names == ("layer3", "layer4.1")
     assert model.target_layers == (model.net.layer3, model.net.layer4[1])
     assert model.target_layer_name == model.layer_key == "layer3,layer4.1"
-    assert model.target_layer is model.net.layer3  # today's single-layer callers get the first
+    with pytest.raises(MetaCAMError, match=r"model resnet18 has 2 target layers \(layer3,layer4.1\); "
+                                           r"this caller takes one layer"):
+        model.target_layer  # noqa: B018 - a caller that takes one bare layer is refused, not misled
     same = load_model("resnet18", "cpu", pretrained=False, layer=["layer3", "layer4.-1"])
     assert same.target_layer_names == model.target_layer_names
     with pytest.raises(MetaCAMError, match="names a layer twice"):
