@@ -234,11 +234,14 @@ def shared_pass(
                 o.requires_grad and o._version == v for o, v in zip(live, versions, strict=True)
             )
 
+            # Keep the graph only when another backward follows (the common case has one).
+            retain = need_hessian or bool(scores)
+
             def layer_gradients(score: Tensor, *, create_graph: bool = False) -> Sequence[Tensor | None]:
                 if direct:
-                    return torch.autograd.grad(score, live, retain_graph=True, create_graph=create_graph)
+                    return torch.autograd.grad(score, live, retain_graph=retain, create_graph=create_graph)
                 store.values[:count] = [None] * count
-                torch.autograd.grad(score, x_in, retain_graph=True, allow_unused=True)
+                torch.autograd.grad(score, x_in, retain_graph=retain, allow_unused=True)
                 return list(store.values[:count])
 
             target_score = logits.gather(1, chosen[:, None]).sum()
@@ -254,7 +257,7 @@ def shared_pass(
             if with_input_gradient:
                 store.values[:count] = [None] * count
                 (input_gradient,) = torch.autograd.grad(
-                    target_score, x_in, retain_graph=True, allow_unused=True
+                    target_score, x_in, retain_graph=retain, allow_unused=True
                 )
                 # Read the bias gradients now: a later backward (an extra score's) fires
                 # the hooks of the bias layers after the target layers again.
