@@ -185,16 +185,22 @@ def main() -> int:
 
     now = ratios({"all": ours_all, "family": ours_family, "ablationcam": ours_ablation, "scorecam": ours_score},
                  theirs, members)
-    print("\nratios (min times)")
+    # v0.2's goals were set for the default Lite0; elsewhere the ratios are for information
+    lite0 = args.model == "efficientnet_lite0" and not args.random
+
+    def verdict(met: bool) -> str:
+        return ("PASS" if met else "FAIL") if lite0 else ""
+
+    print("\nratios (min times)" + ("" if lite0 else "; v0.2's goals are for Lite0"))
     print(f"  all {len(members)}: grad-cam / ours          {now['all']:7.1f}x   goal >= 3x     "
-          f"{'PASS' if now['all'] >= 3 else 'FAIL'}")
+          f"{verdict(now['all'] >= 3)}")
     print(f"  gradient family / grad-cam GradCAM {now['family']:5.2f}x   goal <= 1.5x   "
-          f"{'PASS' if now['family'] <= 1.5 else 'FAIL'}")
+          f"{verdict(now['family'] <= 1.5)}")
     print(f"  AblationCAM: grad-cam / ours     {now['ablationcam']:7.1f}x   goal >= 10x    "
-          f"{'PASS' if now['ablationcam'] >= 10 else 'FAIL'}")
+          f"{verdict(now['ablationcam'] >= 10)}")
     print(f"  ScoreCAM: grad-cam / ours        {now['scorecam']:7.1f}x")
 
-    if args.model == "efficientnet_lite0" and not args.random and not args.no_baseline:
+    if lite0 and not args.no_baseline:
         compare_with_baseline(args, defaults, theirs)
     return 0
 

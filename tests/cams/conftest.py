@@ -63,7 +63,8 @@ def tiny_transformer(family: str):
 
     timm_names = {"vit": ("vit_tiny_patch16_224", TINY_VIT),
                   "deit": ("deit_tiny_distilled_patch16_224", TINY_VIT),
-                  "swin": ("swin_tiny_patch4_window7_224", TINY_SWIN)}
+                  "swin": ("swin_tiny_patch4_window7_224", TINY_SWIN),
+                  "swinv2": ("swinv2_tiny_window8_256", TINY_SWIN)}
     if family in timm_names:
         name, kwargs = timm_names[family]
         model = load_model(f"timm/{name}", "cpu", pretrained=False, seed=0, num_classes=10,
@@ -85,7 +86,7 @@ def tiny_transformer(family: str):
     return model
 
 
-TRANSFORMERS = ("vit", "deit", "swin", "tv_vit", "tv_swin")
+TRANSFORMERS = ("vit", "deit", "swin", "swinv2", "tv_vit", "tv_swin")
 
 
 @pytest.fixture(scope="module", params=TRANSFORMERS)

@@ -1,6 +1,7 @@
 """Members on vision transformers equal grad-cam 1.5 given the same reshape_transform
 (max abs difference <= 1e-4), on seeded tiny random-weight models of every recognised
-family: timm ViT, DeiT (distilled: two prefix tokens) and Swin, torchvision ViT and Swin.
+family: timm ViT, DeiT (distilled: two prefix tokens), Swin and Swin V2, torchvision ViT
+and Swin.
 
 The reshape and the default target layer are recognised, not given; grad-cam receives
 our reshape object as its ``reshape_transform`` (and it equals grad-cam's own
@@ -27,6 +28,7 @@ EXPECTED = {  # model name -> (reshape, default target layer)
     "timm/vit_tiny_patch16_224": (Tokens(1, (4, 4)), "blocks.1.norm1"),
     "timm/deit_tiny_distilled_patch16_224": (Tokens(2, (4, 4)), "blocks.1.norm1"),
     "timm/swin_tiny_patch4_window7_224": (ChannelsLast(), "layers.1.blocks.0.norm1"),
+    "timm/swinv2_tiny_window8_256": (ChannelsLast(), "layers.1.blocks.0.norm1"),
     "tv_vit": (Tokens(1, (4, 4)), "encoder.layers.encoder_layer_1.ln_1"),
     "tv_swin": (ChannelsLast(), "features.3.0.norm1"),
 }
