@@ -114,16 +114,37 @@ class ThresholdConfig:
 @dataclass
 class ModelConfig:
     """Which network (see metacam.models.load_model): a built-in name, a torchvision
-    name, or ``package.module:factory``; its layer, weights and preprocessing."""
+    name, ``timm/NAME``, or ``package.module:factory``; its target layer(s), reshape,
+    weights and preprocessing.
+
+    library: ``timm`` makes ``name`` a timm model name (``model=timm model.name=NAME`` is
+        ``model.name=timm/NAME``); None: ``name`` says it all (:attr:`load_name`).
+    layer: a dotted layer name, several as ``"a,b"`` or a list ``[a, b]`` (their maps are
+        combined as pytorch-grad-cam combines target layers); None: the model's default.
+    reshape: ``package.module:fn`` turning the layer's output into (B, C, h, w), ``none``,
+        or None (a recognised transformer's own, see metacam.reshape).
+    kwargs: extra keyword arguments of the architecture's constructor (timm's
+        ``create_model``, torchvision's ``get_model``, your factory).
+    """
 
     name: str = "efficientnet_lite0"
-    layer: str | None = None
+    library: str | None = None
+    layer: Any = None
+    reshape: str | None = None
     checkpoint: str | None = None
     categories: str | None = None
     num_classes: int | None = None
     pretrained: bool = True
     seed: int = 0  # weights seed when pretrained is false
     input_size: list[int] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def load_name(self) -> str:
+        """The name load_model takes: ``library/name`` when a library is set."""
+        if self.library and not self.name.startswith(f"{self.library}/"):
+            return f"{self.library}/{self.name}"
+        return self.name
 
 
 LAYOUTS = ("files", "imagefolder", "imagenet_val")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import sys
 import textwrap
 from pathlib import Path
@@ -308,12 +309,12 @@ def test_unknown_and_unsupported_names() -> None:
         load_model("resnet5")
     with pytest.raises(MetaCAMError, match="package.module:factory"):
         load_model("no_such_net")
-    with pytest.raises(MetaCAMError, match="vision transformer"):
-        load_model("vit_b_16")
     names = available_models()
     assert names[0] == "efficientnet_lite0"
-    assert {"resnet50", "vgg16", "densenet121", "convnext_tiny"} <= set(names)
-    assert "vit_b_16" not in names
+    assert {"resnet50", "vgg16", "densenet121", "convnext_tiny", "vit_b_16", "swin_t"} <= set(names)
+    # torchvision's transformers load like its CNNs: weights from the local cache only
+    with pytest.raises(MetaCAMError, match=r"model vit_b_16: weights file .* is not in the torch cache"):
+        load_model("vit_b_16")
 
 
 def test_list_layers(resnet18_random: ModelBundle) -> None:
@@ -574,3 +575,95 @@ def test_built_in_models_use_channels_last_and_keep_their_outputs() -> None:
         plain = torchvision.models.resnet18(weights=None).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(bundle.net(x), plain(x), atol=1e-4)
+
+
+# --- timm models and the model object's fields ------------------------------------
+
+
+TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+def _fake_hf_cache(root: Path, repo: str, state: dict) -> None:
+    """A Hugging Face hub cache holding ``model.safetensors`` of ``repo`` (its on-disk layout)."""
+    from safetensors.torch import save_file
+
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    snapshot = folder / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+
+
+def test_timm_pretrained_weights_come_from_the_local_cache_only(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm/NAME with pretrained weights: read from the Hugging Face cache when there, a
+    one-line error naming where they were looked for when not; nothing is downloaded."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
+    name = "timm/vit_tiny_patch16_224"
+    with pytest.raises(MetaCAMError, match=r"^model timm/vit_tiny_patch16_224: its pretrained weights "
+                                           r"are not in the Hugging Face cache .* nor .*"
+                                           r"metacam models fetch timm/vit_tiny_patch16_224") as error:
+        load_model(name, "cpu", kwargs=TINY_VIT)
+    assert "\n" not in str(error.value) and not any(tmp_path.rglob("*.*"))
+    donor = load_model(name, "cpu", pretrained=False, seed=5, kwargs=TINY_VIT)
+    _fake_hf_cache(tmp_path / "hf", "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k", donor.net.state_dict())
+    loaded = load_model(name, "cpu", kwargs=TINY_VIT)
+    other_seed = load_model(name, "cpu", pretrained=False, seed=6, kwargs=TINY_VIT)
+    for key, value in donor.net.state_dict().items():
+        assert torch.equal(loaded.net.state_dict()[key], value), key
+    assert not torch.equal(other_seed.net.state_dict()["head.weight"], donor.net.state_dict()["head.weight"])
+    assert loaded.categories[285] == "Egyptian cat" and loaded.mean == (0.5, 0.5, 0.5)
+
+
+def test_timm_checkpoint_and_cnn_defaults(tmp_path: Path) -> None:
+    """A timm model with your checkpoint; a timm CNN finds its last feature map."""
+    vit = load_model("timm/vit_tiny_patch16_224", "cpu", pretrained=False, seed=1, num_classes=3,
+                     kwargs=TINY_VIT)
+    torch.save(vit.net.state_dict(), tmp_path / "w.pth")
+    again = load_model("timm/vit_tiny_patch16_224", "cpu", checkpoint=tmp_path / "w.pth", num_classes=3,
+                       kwargs=TINY_VIT, categories=["a", "b", "c"])
+    assert torch.equal(again.net.head.weight, vit.net.head.weight) and again.categories == ["a", "b", "c"]
+    assert again.target_layer_names == ("blocks.0.norm1",) and again.input_size == (32, 32)
+    cnn = load_model("timm/resnet10t", "cpu", pretrained=False, num_classes=4, input_size=(64, 64))
+    assert cnn.target_layer_names == ("layer4",) and cnn.reshape.is_identity
+
+
+def test_model_config_names_a_timm_model() -> None:
+    from metacam.config import ModelConfig
+
+    assert ModelConfig(name="swin_tiny_patch4_window7_224", library="timm").load_name == (
+        "timm/swin_tiny_patch4_window7_224")
+    assert ModelConfig(name="timm/deit_tiny_patch16_224", library="timm").load_name == (
+        "timm/deit_tiny_patch16_224")
+    assert ModelConfig(name="resnet50").load_name == "resnet50"
+
+
+def test_timm_config_composes(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from metacam.experiments.plan import composed
+
+    overrides = ["model=timm", "model.name=swin_tiny_patch4_window7_224", "model.layer=[a,b]",
+                 "++model.kwargs={img_size: 32, depth: 2}", "model.reshape=pkg.mod:fn"]
+    with composed(overrides, [], hydra=False) as cfg:
+        model = OmegaConf.to_object(cfg.model)
+    assert model.load_name == "timm/swin_tiny_patch4_window7_224"
+    assert list(model.layer) == ["a", "b"] and model.kwargs == {"img_size": 32, "depth": 2}
+    assert model.reshape == "pkg.mod:fn"
+
+
+def test_from_net_wraps_a_network_you_hold(resnet18_random: ModelBundle) -> None:
+    net = resnet18_random.net
+    model = ModelBundle.from_net(net, "layer3", name="mine", categories=[str(i) for i in range(1000)])
+    assert model.target_layers == (net.layer3,) and model.name == "mine" and model.reshape.is_identity
+    assert model.device == torch.device("cpu") and model.input_size == (224, 224)
+    default = ModelBundle.from_net(net)
+    assert default.target_layer_names == ("layer4.1",) and len(default.categories) == 1000
+    with pytest.raises(MetaCAMError, match=r"a target layer \(Linear\) is not a module of the network"):
+        ModelBundle.from_net(net, torch.nn.Linear(2, 2))
+    copy = ModelBundle.from_net(net, "layer3").with_net(copy_module.deepcopy(net))
+    assert copy.target_layers[0] is copy.net.layer3 and copy.net is not net

@@ -1,14 +1,17 @@
-"""The shared pass: one forward and (at most) one backward serve every member.
+"""The shared pass: one forward and one backward serve every member.
 
-:func:`shared_pass` runs the network once with hooks on the target layer (and,
+:func:`shared_pass` runs the network once with hooks on the target layers (and,
 for FullGrad, on every layer with a bias), picks the targets, and
 back-propagates the summed target logits once. Everything the gradient family,
-EigenCAM and FullGrad need is read off that single pass.
+EigenCAM and FullGrad need is read off that single pass; ShapleyCAM's
+Hessian-vector product and FinerCAM's contrast score each add a backward over
+the part of the network after the target layers, never another forward.
 """
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,14 +21,19 @@ from metacam.errors import MetaCAMError
 
 @dataclass
 class SharedPass:
-    """What one forward/backward pass leaves behind (B images, K channels).
+    """What one forward/backward pass leaves behind at one target layer (B images, K channels).
 
-    activations: (B, K, h, w) target-layer output, detached.
-    gradients: (B, K, h, w) d(target logit)/d(activations), or None if not needed.
-    logits: (B, num_classes) detached.
-    targets: (B,) long, the class explained for each image.
+    activations: (B, K, h, w) the layer's output as a map (after the model's reshape), detached.
+    output: the layer's own output, detached (what ``reshape.inverse`` writes maps back into).
+    gradients: (B, K, h, w) d(target logit)/d(map), or None if not needed.
+    hessian_product: (B, K, h, w) the Hessian of the target logit w.r.t. the layer's output
+        times that output, H·A (ShapleyCAM's second-order term), or None.
+    score_gradients: per extra score a member declares (FinerCAM's contrast), its
+        (B, K, h, w) gradient w.r.t. the map.
+    logits: (B, num_classes) detached; targets: (B,) long, the class explained per image.
     input_gradient: (B, C, H, W) d(target logit)/dx, only for FullGrad.
     bias_terms: per bias layer, (bias (K_l,), gradient (B, K_l, h_l, w_l)), only for FullGrad.
+    The last four are the same objects for every target layer of one pass.
     """
 
     activations: Tensor
@@ -34,18 +42,14 @@ class SharedPass:
     targets: Tensor
     input_gradient: Tensor | None = None
     bias_terms: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    output: Tensor | None = None
+    hessian_product: Tensor | None = None
+    score_gradients: dict[str, Tensor] = field(default_factory=dict)
 
 
-@contextmanager
-def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
-    """Put ``net`` in eval mode for the duration, then restore each module's mode."""
-    modes = [(module, module.training) for module in net.modules()]
-    net.eval()
-    try:
-        yield net
-    finally:
-        for module, training in modes:
-            module.training = training
+Score = Callable[[Tensor, Tensor], Tensor]
+"""An extra score a member differentiates instead of the target logit:
+``score(logits (B, classes), targets (B,)) -> (B,)``, differentiable."""
 
 
 def resolve_targets(logits: Tensor, targets: Tensor | list[int] | int | None) -> Tensor:
@@ -115,7 +119,7 @@ def _linear_output_site(layer: nn.Module) -> nn.Module | None:
 
 
 class _GradientStore:
-    """Collects gradients through tensor hooks.
+    """Collects gradients through tensor hooks, for backward passes that run to the input.
 
     Tensor hooks registered before an in-place op (timm's ReLU6(inplace=True))
     receive the gradient w.r.t. the value *before* that op, which is what we want.
@@ -133,37 +137,70 @@ class _GradientStore:
             tensor.register_hook(store)
 
 
+def _math_attention() -> AbstractContextManager[Any]:
+    """Scaled dot-product attention's plain-math kernel: the fused CPU kernels have no
+    second derivative, which ShapleyCAM's Hessian-vector product needs."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no fused kernel to avoid
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def shared_pass(
     net: nn.Module,
     x: Tensor,
-    target_layer: nn.Module,
+    target_layers: nn.Module | Sequence[nn.Module],
     targets: Tensor | list[int] | int | None,
     *,
     need_gradients: bool,
     fullgrad_layers: list[nn.Module] | None = None,
-) -> SharedPass:
-    """Run the forward (and one backward) pass every shared member reads.
+    reshape: Callable[[Tensor], Tensor] | None = None,
+    need_hessian: bool = False,
+    scores: Mapping[str, Score] | None = None,
+) -> list[SharedPass]:
+    """Run the forward (and the backward) pass every shared member reads; one
+    :class:`SharedPass` per target layer, in order.
 
     x: (B, C, H, W) normalised input. Gradients are of the summed target *logits*
     (grad-cam's ClassifierOutputTarget); images do not interact in eval mode, so
-    each image's gradient is its own. Model parameters get no ``.grad``.
+    each image's gradient is its own. One backward serves every layer; the
+    Hessian-vector products (``need_hessian``) and each extra score in ``scores``
+    add one more backward over the part of the network after the layers, none
+    repeats the forward. ``reshape`` turns each layer's output into its map
+    (default: the output is one). Model parameters get no ``.grad``.
     """
-    captured: dict[str, Tensor] = {}
-    versions: dict[str, int] = {}  # the target output's version counter when it was produced
-    layers = fullgrad_layers or []
-    store = _GradientStore(1 + len(layers))
+    layers = [target_layers] if isinstance(target_layers, nn.Module) else list(target_layers)
+    reshape = reshape or (lambda output: output)
+    scores = dict(scores or {})
+    count = len(layers)
+    outputs: list[Tensor | None] = [None] * count
+    raw: list[Tensor | None] = [None] * count
+    versions = [0] * count  # each output's version counter when it was produced
+    biases = fullgrad_layers or []
+    store = _GradientStore(count + len(biases))
+    need_layer_gradients = need_gradients or need_hessian or bool(scores)
     handles = []
 
-    def on_target(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-        # Clone: a later in-place op would otherwise change the stored activations.
-        captured["activations"] = output.detach().clone()
-        versions["target"] = output._version
-        captured["target_output"] = output
-        if need_gradients:
-            store.hook(output, 0)
+    def on_target(index: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+            if outputs[index] is not None:
+                raise MetaCAMError(
+                    f"target layer {index + 1} ({type(_module).__name__}) runs more than once in a "
+                    f"forward pass, so its output is ambiguous; choose another layer"
+                )
+            # Clone: a later in-place op would otherwise change the stored activations.
+            raw[index] = output.detach().clone()
+            versions[index] = output._version
+            outputs[index] = output
+            if need_layer_gradients:
+                store.hook(output, index)
 
-    handles.append(target_layer.register_forward_hook(on_target))
-    for index, layer in enumerate(layers, start=1):
+        return hook
+
+    for index, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(on_target(index)))
+    for index, layer in enumerate(biases, start=count):
         site = _linear_output_site(layer)
         if site is None:
             handles.append(
@@ -175,45 +212,115 @@ def shared_pass(
             )
 
     with_input_gradient = fullgrad_layers is not None
+    gradients: Sequence[Tensor | None] = [None] * count
+    products: list[Tensor | None] = [None] * count
+    extra: dict[str, Sequence[Tensor | None]] = {}
+    input_gradient = None
+    bias_gradients: list[Tensor | None] = [None] * len(biases)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), _math_attention() if need_hessian else nullcontext():
             # The input requires grad whenever any gradient is needed: then a graph
-            # exists even for frozen weights, and the in-place fallback below can
-            # back-propagate to it.
-            x_in = x.detach().requires_grad_(with_input_gradient or need_gradients)
+            # exists even for frozen weights, and the backward can always reach it.
+            x_in = x.detach().requires_grad_(with_input_gradient or need_layer_gradients)
             logits = net(x_in)
-            if "activations" not in captured:
-                raise RuntimeError("the target layer was not called in the forward pass")
+            if any(output is None for output in outputs):
+                raise RuntimeError("a target layer was not called in the forward pass")
             chosen = resolve_targets(logits, targets)
-            input_gradient = None
-            if need_gradients or with_input_gradient:
-                score = logits.gather(1, chosen[:, None]).sum()
-                target_output = captured["target_output"]
-                modified = target_output._version != versions["target"]
-                if with_input_gradient or modified or not target_output.requires_grad:
-                    # Back-propagate to the input: needed by FullGrad, and the safe
-                    # route when the target output was later modified in place.
-                    (input_gradient,) = torch.autograd.grad(score, x_in, allow_unused=True)
-                else:
-                    # Stop the backward at the target layer: nothing earlier is needed.
-                    (store.values[0],) = torch.autograd.grad(score, target_output)
+            live = [o for o in outputs if o is not None]
+            # Stop the backward at the target layers when nothing earlier is needed; go on
+            # to the input (hooks collect the layers' gradients) for FullGrad, and when a
+            # layer's output was later modified in place or is not part of the graph.
+            direct = all(
+                o.requires_grad and o._version == v for o, v in zip(live, versions, strict=True)
+            )
+
+            # Keep the graph only when another backward follows (the common case has one).
+            retain = need_hessian or bool(scores)
+
+            def layer_gradients(score: Tensor, *, create_graph: bool = False) -> Sequence[Tensor | None]:
+                if direct:
+                    return torch.autograd.grad(score, live, retain_graph=retain, create_graph=create_graph)
+                store.values[:count] = [None] * count
+                torch.autograd.grad(score, x_in, retain_graph=retain, allow_unused=True)
+                return list(store.values[:count])
+
+            target_score = logits.gather(1, chosen[:, None]).sum()
+            if need_hessian:
+                if not direct:
+                    raise MetaCAMError(
+                        "a member needing second derivatives (shapleycam) cannot read a target "
+                        "layer whose output the next layer modifies in place; choose another layer"
+                    )
+                first = layer_gradients(target_score, create_graph=True)
+                products = [_hessian_product(g, o) for g, o in zip(first, live, strict=True)]
+                gradients = [None if g is None else g.detach() for g in first]
+            if with_input_gradient:
+                store.values[:count] = [None] * count
+                (input_gradient,) = torch.autograd.grad(
+                    target_score, x_in, retain_graph=retain, allow_unused=True
+                )
+                # Read the bias gradients now: a later backward (an extra score's) fires
+                # the hooks of the bias layers after the target layers again.
+                bias_gradients = list(store.values[count:])
+                if need_gradients and not need_hessian:
+                    gradients = list(store.values[:count])
+            elif need_gradients and not need_hessian:
+                gradients = layer_gradients(target_score)
+            for name, score in scores.items():
+                extra[name] = layer_gradients(score(logits, chosen).sum())
     finally:
         for handle in handles:
             handle.remove()
 
-    gradients = store.values[0] if need_gradients else None
-    if need_gradients and gradients is None:
-        raise RuntimeError("no gradient reached the target layer; is it used by the output?")
-    bias_terms = []
-    for index, layer in enumerate(layers, start=1):
-        grad = store.values[index]
-        if grad is not None:
-            bias_terms.append((effective_bias(layer), grad))
-    return SharedPass(
-        activations=captured["activations"],
-        gradients=gradients,
-        logits=logits.detach(),
-        targets=chosen,
-        input_gradient=None if input_gradient is None else input_gradient.detach(),
-        bias_terms=bias_terms,
+    if need_gradients and any(g is None for g in gradients):
+        raise RuntimeError("no gradient reached a target layer; is it used by the output?")
+    bias_terms = [
+        (effective_bias(layer), grad)
+        for layer, grad in zip(biases, bias_gradients, strict=True)
+        if grad is not None
+    ]
+    shared = {
+        "logits": logits.detach(),
+        "targets": chosen,
+        "input_gradient": None if input_gradient is None else input_gradient.detach(),
+        "bias_terms": bias_terms,
+    }
+
+    def as_map(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else reshape(tensor.detach())
+
+    passes = []
+    for index in range(count):
+        output = raw[index]
+        assert output is not None
+        passes.append(
+            SharedPass(
+                activations=reshape(output),
+                gradients=as_map(gradients[index]) if need_gradients else None,
+                output=output,
+                hessian_product=as_map(products[index]),
+                score_gradients={
+                    name: _required(as_map(values[index]), name) for name, values in extra.items()
+                },
+                **shared,  # type: ignore[arg-type]
+            )
+        )
+    return passes
+
+
+def _hessian_product(gradient: Tensor | None, output: Tensor) -> Tensor:
+    """H·A for one layer: the derivative of (gradient · A) w.r.t. the output A, with A held
+    fixed as the vector (grad-cam's ShapleyCAM). Zero where the gradient does not depend
+    on the output (a network that is linear after the layer)."""
+    if gradient is None or not gradient.requires_grad:
+        return torch.zeros_like(output)
+    (product,) = torch.autograd.grad(
+        gradient, output, grad_outputs=output.detach(), retain_graph=True, allow_unused=True
     )
+    return torch.zeros_like(output) if product is None else product.detach()
+
+
+def _required(tensor: Tensor | None, name: str) -> Tensor:
+    if tensor is None:
+        raise RuntimeError(f"no gradient of {name}'s score reached a target layer")
+    return tensor

@@ -24,10 +24,20 @@ def principal_projection(maps: Tensor) -> Tensor:
     # when hw < K, derived from the hw x hw) Gram matrix; a thin SVD does both.
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     projection = torch.einsum("bpk,bk->bp", centred, vh[:, 0, :])
+    return orient(projection, samples).reshape(batch, height, width)
+
+
+def orient(projection: Tensor, samples: Tensor) -> Tensor:
+    """A component's projection with DESIGN's sign: correlating positively with the
+    channel sum of the decomposed maps (a principal component's sign is arbitrary).
+
+    projection: (B, P) one value per pixel; samples: (B, P, K) the pixels' channel
+    vectors -> (B, P).
+    """
     channel_sum = samples.sum(dim=2)
     sign = torch.sign((projection * (channel_sum - channel_sum.mean(dim=1, keepdim=True))).sum(1))
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return (projection * sign[:, None]).reshape(batch, height, width)
+    return projection * sign[:, None]
 
 
 @layer_member(name="eigencam", label="EigenCAM", paper="arXiv:2008.00299", needs_gradients=False)

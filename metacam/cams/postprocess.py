@@ -1,4 +1,5 @@
-"""Turning raw layer maps into saliency maps: ReLU, min-max normalise, upsample.
+"""Turning raw layer maps into saliency maps: ReLU, min-max normalise, upsample, and
+combining several target layers' maps.
 
 These reproduce pytorch-grad-cam's ``scale_cam_image`` (normalise with a 1e-7
 guard, then an OpenCV-style bilinear resize) in torch, so that our members
@@ -33,12 +34,20 @@ def upsample(cam: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def finish_layer_cam(cam: Tensor, size: tuple[int, int]) -> Tensor:
-    """The standard tail of a layer CAM: ReLU, normalise, upsample, normalise again.
+def scale_layer_map(cam: Tensor, size: tuple[int, int]) -> Tensor:
+    """One target layer's raw map as grad-cam scales it: ReLU, normalise, upsample.
 
-    The second normalisation matters: bilinear upsampling rarely lands on the
-    source maximum, so the upsampled map peaks slightly below 1.
-
-    cam: (B, h, w) raw layer map -> (B, *size) in [0, 1].
+    cam: (B, h, w) raw layer map -> (B, *size), >= 0.
     """
-    return normalise(upsample(normalise(torch.relu(cam)), size))
+    return upsample(normalise(torch.relu(cam)), size)
+
+
+def combine_layer_maps(scaled: list[Tensor]) -> Tensor:
+    """grad-cam's ``aggregate_multi_layers``: the mean over target layers of their scaled
+    maps (each >= 0 already, so its ReLU is a no-op), normalised.
+
+    scaled: per layer (B, H, W) from :func:`scale_layer_map` -> (B, H, W) in [0, 1]. For
+    one layer this is that map normalised again, which matters: bilinear upsampling
+    rarely lands on the source maximum, so the upsampled map peaks slightly below 1.
+    """
+    return normalise(scaled[0] if len(scaled) == 1 else torch.stack(scaled).mean(dim=0))

@@ -24,18 +24,22 @@ from __future__ import annotations
 import difflib
 import hashlib
 import inspect
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from metacam import __version__
-from metacam.cams.capture import SharedPass
-from metacam.cams.postprocess import finish_layer_cam, normalise
+from metacam.cams.capture import Score, SharedPass
+from metacam.cams.postprocess import combine_layer_maps, normalise, scale_layer_map
 from metacam.errors import MetaCAMError
 from metacam.imports import import_object
+from metacam.reshape import Reshape
+
+if TYPE_CHECKING:
+    from metacam.models import ModelBundle
 
 _ATTRIBUTE = "__metacam_member__"
 LAYER, INPUT = "layer", "input"  # the resolution of a member's raw map
@@ -54,7 +58,8 @@ class MemberError(MetaCAMError):
 class MemberOptions:
     """Knobs of the built-in members that bound memory or select a variant.
 
-    batch_size: ScoreCAM's masked images per forward pass (None: 8 on CPU, 128 on CUDA).
+    batch_size: ScoreCAM's masked images per forward pass (None: 8 on CPU, 64 for a
+        transformer on CPU, 128 on CUDA).
     ablation_batch: AblationCAM's ablated copies per pass of the layers after the
         target (None: 256 on CPU, 1024 on CUDA).
     fullgrad_bn_subclasses: include BatchNorm2d subclasses (timm's BatchNormAct2d)
@@ -68,21 +73,36 @@ class MemberOptions:
 
 @dataclass(frozen=True)
 class MemberInput:
-    """What a member computes from, for a batch of B images.
+    """What a member computes from, for a batch of B images, at one target layer.
 
-    x: (B, C, H, W) normalised input; shared: the shared pass (activations
-    (B, K, h, w), gradients, logits, targets (B,), FullGrad's bias terms);
-    seeds: per image, the member's own random stream (seeded members only);
-    progress: called with a count of units of work done (own-pass members).
+    model: the model object (network, target layers, reshape, ...); layer: which of
+    its target layers this input is about (a layer-resolution member is computed once
+    per target layer, and the maps combined); x: (B, C, H, W) normalised input;
+    shared: the shared pass at that layer (activations (B, K, h, w), gradients,
+    logits, targets (B,), FullGrad's bias terms); seeds: per image, the member's own
+    random stream (seeded members only); progress: called with a count of units of
+    work done (own-pass members).
     """
 
-    net: nn.Module
+    model: ModelBundle
+    layer: int
     x: Tensor
-    target_layer: nn.Module
     shared: SharedPass
     seeds: tuple[int, ...]
     options: MemberOptions
     progress: Callable[[int], None] | None = None
+
+    @property
+    def net(self) -> nn.Module:
+        return self.model.net
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.model.target_layers[self.layer]
+
+    @property
+    def reshape(self) -> Reshape:
+        return self.model.reshape
 
 
 @dataclass(frozen=True)
@@ -94,11 +114,17 @@ class Member:
         ``input`` ((B, H, W), min-max normalised).
     needs_gradients: reads the target score's gradients at the target layer.
     needs_bias_gradients: reads every bias layer's output gradient (FullGrad).
+    needs_hessian: reads the Hessian-vector product H·A at the target layer (ShapleyCAM).
+    scores: extra scores whose gradients at the target layer it reads (FinerCAM's
+        contrast), by name: ``score(logits, targets) -> (B,)``.
     own_passes: runs forward passes of its own; reports progress in channels.
     seeded: draws random numbers; gets one seed per image (stream ``member.<name>``).
     control: carries no class evidence by design (left out of the MetaCAM comparator).
     fingerprint: what else identifies its maps in the member cache (the metacam
         version for built-ins, a hash of the source for plug-ins).
+    unsupported: ``unsupported(model) -> reason or None``: why the member cannot
+        explain a model (FullGrad on a network with biases it does not model); asked
+        before any work (:func:`check_members`).
     """
 
     name: str
@@ -108,16 +134,18 @@ class Member:
     resolution: str
     needs_gradients: bool = False
     needs_bias_gradients: bool = False
+    needs_hessian: bool = False
+    scores: Mapping[str, Score] = field(default_factory=dict)
     own_passes: bool = False
     seeded: bool = False
     control: bool = False
     plugin: bool = False
     fingerprint: str = __version__
+    unsupported: Callable[[ModelBundle], str | None] | None = None
 
-    def finish(self, raw: Any, batch: int, size: tuple[int, int], device: torch.device) -> Tensor:
-        """Check a raw map and normalise it: -> (B, H, W) float32 in [0, 1].
-
-        Raises MemberError for a non-tensor, a wrong shape, or non-finite values.
+    def checked(self, raw: Any, batch: int, size: tuple[int, int], device: torch.device) -> Tensor:
+        """A raw map checked: (B, h, w) for a layer member, (B, H, W) otherwise, as float32
+        on ``device``. Raises MemberError for a non-tensor, a wrong shape, or non-finite values.
         """
         if not isinstance(raw, Tensor):
             raise MemberError(self.name, f"returned {type(raw).__name__}, not a torch.Tensor")
@@ -132,7 +160,15 @@ class Member:
         raw = raw.detach().to(device=device, dtype=torch.float32)
         if not bool(torch.isfinite(raw).all()):
             raise MemberError(self.name, "returned NaN or infinite values")
-        return finish_layer_cam(raw, size) if self.resolution == LAYER else normalise(raw)
+        return raw
+
+    def finish(self, raws: list[Tensor], size: tuple[int, int]) -> Tensor:
+        """Checked raw maps (one per target layer for a layer member, one otherwise) ->
+        (B, H, W) float32 in [0, 1]: a layer member's maps are each scaled to the input
+        size and combined (pytorch-grad-cam's way); an input-resolution map is normalised."""
+        if self.resolution == LAYER:
+            return combine_layer_maps([scale_layer_map(raw, size) for raw in raws])
+        return normalise(raws[0])
 
 
 MEMBERS: dict[str, Member] = {}
@@ -153,9 +189,12 @@ def member(
     resolution: str = LAYER,
     needs_gradients: bool = False,
     needs_bias_gradients: bool = False,
+    needs_hessian: bool = False,
+    scores: Mapping[str, Score] | None = None,
     own_passes: bool = False,
     seeded: bool = False,
     control: bool = False,
+    unsupported: Callable[[ModelBundle], str | None] | None = None,
 ) -> Callable[[Callable[[MemberInput], Any]], Callable[[MemberInput], Any]]:
     """Declare ``fn(MemberInput) -> raw map`` as a member (registered now if ``name`` is given)."""
 
@@ -168,9 +207,12 @@ def member(
             resolution=resolution,
             needs_gradients=needs_gradients,
             needs_bias_gradients=needs_bias_gradients,
+            needs_hessian=needs_hessian,
+            scores=dict(scores or {}),
             own_passes=own_passes,
             seeded=seeded,
             control=control,
+            unsupported=unsupported,
         )
         setattr(fn, _ATTRIBUTE, entry)
         if name is not None:
@@ -285,14 +327,30 @@ def resolve_member(name: str) -> Member:
 
 def resolve_members(methods: Iterable[str] | None) -> list[Member]:
     """Members for a list of names (duplicates dropped, order kept); None means the
-    12 built-ins in registry order. Raises MetaCAMError for an empty list or a bad name."""
+    members of the default groups (DESIGN's 12) in registry order. Raises MetaCAMError
+    for an empty list or a bad name."""
     if methods is None:
-        return [entry for entry in MEMBERS.values() if not entry.plugin]
+        from metacam.groups import default_groups
+
+        default = {m for group in default_groups().values() for m in group}
+        return [entry for name, entry in MEMBERS.items() if name in default]
     names = list(dict.fromkeys(str(m).strip() for m in methods))
     if not names:
         builtins = [m for m, entry in MEMBERS.items() if not entry.plugin]
         raise MetaCAMError("no CAM method selected; name at least one of: " + ", ".join(builtins))
     return [resolve_member(n) for n in names]
+
+
+def check_members(members: Iterable[Member], model: ModelBundle) -> None:
+    """Refuse, before any work, a member that cannot explain ``model``: one line naming
+    the member, the network and why (MetaCAMError)."""
+    for entry in members:
+        reason = entry.unsupported(model) if entry.unsupported is not None else None
+        if reason:
+            raise MetaCAMError(
+                f"member {entry.name} cannot explain {model.name} ({type(model.net).__name__}): "
+                f"{reason}; leave it out of the methods or groups"
+            )
 
 
 def _source_hash(function: Callable) -> str:

@@ -4,16 +4,21 @@ import copy
 
 import numpy as np
 import pytest
+import pytorch_grad_cam as pgc
 import torch
+from pytorch_grad_cam.ablation_layer import AblationLayerVit
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from metacam.cams import MemberOptions, member_cams
 from metacam.cams.eigen import principal_projection
+from metacam.cams.newer import kernel_projection
 from metacam.cams.random import randomcam
 from metacam.seeds import stream_seed
-from tests.cams.conftest import randomise_batchnorm
-from tests.cams.oracle import ORACLE_CLASSES, max_abs_diff, oracle_map
+from tests.cams.conftest import randomise_batchnorm, tiny_transformer
+from tests.cams.oracle import ORACLE_CLASSES, PatchTokenAblation, max_abs_diff, oracle_map
 
 
 def test_eigen_sign_correlates_with_channel_sum(tiny_resnet, resnet_input):
@@ -133,3 +138,64 @@ def test_randomcam_is_grad_cams_formula_with_seeded_weights(tiny_resnet, resnet_
     targets = tiny_resnet(resnet_input).argmax(1)
     reference = oracle_map("randomcam", tiny_resnet, layer, resnet_input, targets)
     assert max_abs_diff(ours, reference) <= 1e-4
+
+
+def test_kpca_sign_is_oriented_as_eigencam(tiny_resnet, resnet_input, monkeypatch):
+    """scikit-learn's KernelPCA makes the largest entry of the component positive, which
+    is as arbitrary for a map as the SVD's sign; ours is oriented like EigenCAM's. grad-cam
+    unpatched equals either our map or the map of the opposite sign, image by image."""
+    layer = tiny_resnet.layer4[-1]
+    maps = torch.rand(3, 16, 5, 5, generator=torch.Generator().manual_seed(0))
+    for flip in (1.0, -1.0):
+        projection = kernel_projection(maps * flip)
+        channel_sum = (maps * flip).sum(1)
+        centred = channel_sum - channel_sum.mean(dim=(1, 2), keepdim=True)
+        assert ((projection * centred).sum(dim=(1, 2)) > 0).all()
+    targets = tiny_resnet(resnet_input).argmax(1)
+    with ORACLE_CLASSES["kpcacam"](tiny_resnet, [layer]) as cam:
+        raw = cam(resnet_input, None)
+    patched = oracle_map("kpcacam", tiny_resnet, layer, resnet_input, targets, monkeypatch)
+    for i in range(len(raw)):
+        gap = np.abs(raw[i] - patched[i]).max()
+        assert gap <= 1e-4 or gap > 0.1  # the same map, or grad-cam's flipped one
+    ours = member_cams(tiny_resnet, resnet_input, layer, methods=["kpcacam"])["kpcacam"]
+    assert max_abs_diff(ours, patched) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return tiny_transformer("vit")
+
+
+def test_ablationcam_on_vit_ablates_the_map_not_the_class_token(vit, tiny_input):
+    """On ViT/DeiT our AblationCAM removes a channel where the map shows it, the patch
+    tokens, and keeps the class (and distillation) tokens; grad-cam's AblationLayerVit
+    also overwrites that channel in them, so its weight mixes in the class token's own
+    use of the channel, which no map position shows. Ours equals grad-cam with the
+    class token spared (test_transformers.py); the difference to its stock layer is
+    not negligible."""
+    targets = vit.net(tiny_input).argmax(1)
+    ours = member_cams(vit, tiny_input, methods=["ablationcam"])["ablationcam"]
+    args = ("ablationcam", vit.net, vit.target_layers, tiny_input, targets)
+    spared = oracle_map(*args, reshape=vit.reshape, ablation_layer=PatchTokenAblation(1))
+    stock = oracle_map(*args, reshape=vit.reshape, ablation_layer=AblationLayerVit())
+    assert max_abs_diff(ours, spared) <= 1e-4
+    assert max_abs_diff(ours, stock) > 0.05
+
+
+def test_shapleycam_on_transformers_needs_grad_cams_reshape_fixed(vit, tiny_input):
+    """grad-cam 1.5.7's ShapleyCAM cannot run with a reshape_transform (it weights the
+    un-reshaped activations); ours equals it with that one line fixed
+    (test_transformers.py). On a ViT the Hessian term is real: ShapleyCAM is not Grad-CAM
+    there, while on the ReLU networks after their last map it is (H·A = 0)."""
+    targets = [ClassifierOutputTarget(int(c)) for c in vit.net(tiny_input).argmax(1)]
+    with pytest.raises((ValueError, RuntimeError)):
+        with sdpa_kernel([SDPBackend.MATH]):
+            cam = pgc.ShapleyCAM(vit.net, list(vit.target_layers), reshape_transform=vit.reshape)
+            try:
+                cam(tiny_input, targets)
+            finally:
+                cam.activations_and_grads.gradients = []
+                cam.activations_and_grads.release()
+    maps = member_cams(vit, tiny_input, methods=["shapleycam", "gradcam"])
+    assert max_abs_diff(maps["shapleycam"], maps["gradcam"].numpy()) > 0.01

@@ -165,7 +165,11 @@ def test_unknown_method_is_a_one_line_error_with_suggestions():
         resolve_methods(["gradcam++"])
     with pytest.raises(MetaCAMError, match="no CAM method selected"):
         resolve_methods([])
-    assert resolve_methods(None) == list(MEMBERS) and len(MEMBERS) == 12
+    # None: the default groups' 12 members, in registry order; the 4 newer built-ins are
+    # registered after them and chosen by name (or by the extended groups)
+    builtins = [name for name, entry in MEMBERS.items() if not entry.plugin]
+    assert resolve_methods(None) == builtins[:12] and len(builtins) == 16
+    assert builtins[12:] == ["kpcacam", "fem", "shapleycam", "finercam"]
 
 
 def test_wrong_number_of_targets_is_an_error(tiny_resnet, resnet_input):

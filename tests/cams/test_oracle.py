@@ -23,7 +23,7 @@ PERTURBATION = ["scorecam", "ablationcam"]
 @pytest.fixture(scope="module")
 def resnet_maps(tiny_resnet, resnet_input):
     """All our maps for the ResNet case in one call, as a user would compute them."""
-    return member_cams(tiny_resnet, resnet_input, tiny_resnet.layer4[-1])
+    return member_cams(tiny_resnet, resnet_input, tiny_resnet.layer4[-1], methods=CHEAP + PERTURBATION)
 
 
 @pytest.mark.parametrize("name", CHEAP + PERTURBATION)
@@ -61,7 +61,8 @@ def coffee_96(lite0):
 
 @pytest.fixture(scope="module")
 def lite0_maps(lite0, coffee_96):
-    return member_cams(lite0.net, coffee_96, lite0.target_layer, options=MemberOptions(fullgrad_bn_subclasses=False))
+    return member_cams(lite0.net, coffee_96, lite0.target_layer, methods=CHEAP + PERTURBATION,
+                       options=MemberOptions(fullgrad_bn_subclasses=False))
 
 
 @pytest.mark.slow
