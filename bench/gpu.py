@@ -234,7 +234,7 @@ def device_line(dry_run: bool) -> str | None:
     import torch
 
     if dry_run:
-        from metacam.sweep.rows import device_name
+        from metacam.device import device_name
 
         return f"dry run on the CPU ({device_name(torch.device('cpu'))}), tiny sizes"
     if not torch.cuda.is_available():
