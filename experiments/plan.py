@@ -27,6 +27,7 @@ from metacam.sweep import (
     JobSpec,
     load_bundle,
     model_key,
+    prepare,
     study_id,
     validate,
     write_manifest,
@@ -132,9 +133,8 @@ def plan_sweep(overrides: list[str], config_dirs: list[str] = ()) -> SweepPlan:
         except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
             raise MetaCAMError(_first_line(error)) from None
         validate(spec)  # groups, settings, the data's layout: before loading any model
-        bundle = load_bundle(replace(spec, device="cpu"))  # unknown model, weights or layer: now
-        job = validate(spec, bundle.categories)  # every label maps to one of the model's classes
-        job.targets.check_classes(len(bundle.categories))
+        # unknown model, weights or layer, a label outside its classes, a member that cannot explain it: now
+        prepare(replace(spec, device="cpu"))
         specs.append(spec)
     groups = validate(specs[0]).groups
     try:

@@ -341,15 +341,16 @@ def resolve_members(methods: Iterable[str] | None) -> list[Member]:
     return [resolve_member(n) for n in names]
 
 
-def check_members(members: Iterable[Member], model: ModelBundle) -> None:
+def check_members(members: Iterable[Member], model: ModelBundle,
+                  advice: str = "leave it out of the methods or groups") -> None:
     """Refuse, before any work, a member that cannot explain ``model``: one line naming
-    the member, the network and why (MetaCAMError)."""
+    the member, the network, why, and ``advice`` (MetaCAMError)."""
     for entry in members:
         reason = entry.unsupported(model) if entry.unsupported is not None else None
         if reason:
             raise MetaCAMError(
                 f"member {entry.name} cannot explain {model.name} ({type(model.net).__name__}): "
-                f"{reason}; leave it out of the methods or groups"
+                f"{reason}; {advice}"
             )
 
 

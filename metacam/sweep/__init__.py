@@ -18,7 +18,7 @@ from metacam.sweep.design import (
     study_id,
     study_units,
 )
-from metacam.sweep.runner import JobReport, load_bundle, run_job, write_manifest
+from metacam.sweep.runner import JobReport, load_bundle, prepare, run_job, write_manifest
 from metacam.sweep.spec import Job, JobSpec, StudyConfig, build, validate
 from metacam.sweep.targets import TargetRule
 
@@ -33,6 +33,7 @@ __all__ = [
     "build",
     "experiments_of",
     "load_bundle",
+    "prepare",
     "manifest",
     "model_key",
     "run_job",

@@ -90,16 +90,24 @@ def shard_units(spec: JobSpec) -> list[list[str]]:
 
 
 def model_key(model: ModelConfig) -> str:
-    """The weights' identity: name, checkpoint content hash, or seed; input size if set."""
-    key = model.name
+    """The explained network's identity: name (``library/name``), checkpoint content hash,
+    or seed; constructor arguments (a hash), input size and target layers if set (so a
+    study of two layer choices keeps them apart as two models)."""
+    key = model.load_name
     if model.checkpoint:
         key += "@" + hashlib.sha1(Path(model.checkpoint).read_bytes()).hexdigest()[:10]
     elif not model.pretrained:
         key += f"-random{model.seed}"
     if model.num_classes is not None:
         key += f"-c{model.num_classes}"
+    if model.kwargs:
+        text = json.dumps(model.kwargs, sort_keys=True, default=str)
+        key += "-kw" + hashlib.sha1(text.encode()).hexdigest()[:8]
     if model.input_size:
         key += "-{}x{}".format(*model.input_size)
+    if model.layer:
+        layers = model.layer.split(",") if isinstance(model.layer, str) else model.layer
+        key += "-" + "+".join(str(layer).strip() for layer in layers)
     return key
 
 

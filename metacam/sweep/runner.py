@@ -20,6 +20,8 @@ from pathlib import Path
 
 from metacam.atomic import write_atomically
 from metacam.cache import MemberCache
+from metacam.cams import check_members, resolve_member
+from metacam.config import ModelConfig
 from metacam.device import resolve_device
 from metacam.errors import MetaCAMError
 from metacam.models import ModelBundle, load_model
@@ -83,24 +85,40 @@ class JobReport:
 
 @functools.lru_cache(maxsize=4)
 def _cached_model(model_json: str, device: str) -> ModelBundle:
-    model = json.loads(model_json)
-    size = model.get("input_size")
+    model = ModelConfig(**json.loads(model_json))
+    size = model.input_size
     return load_model(
-        model["name"],
+        model.load_name,
         device,
-        layer=model.get("layer"),
-        checkpoint=model.get("checkpoint"),
-        categories=model.get("categories"),
-        num_classes=model.get("num_classes"),
-        pretrained=model.get("pretrained", True),
-        seed=model.get("seed", 0),
+        layer=model.layer,
+        reshape=model.reshape,
+        checkpoint=model.checkpoint,
+        categories=model.categories,
+        num_classes=model.num_classes,
+        pretrained=model.pretrained,
+        seed=model.seed,
         input_size=(int(size[0]), int(size[1])) if size else None,
+        kwargs=model.kwargs,
     )
 
 
 def load_bundle(spec: JobSpec) -> ModelBundle:
     """The job's model, loaded once per process (the local launcher runs every job in one)."""
     return _cached_model(json.dumps(asdict(spec.model), sort_keys=True), str(resolve_device(spec.device)))
+
+
+def prepare(spec: JobSpec) -> tuple[Job, ModelBundle]:
+    """The job validated against its model, before any work: the model loads (name,
+    weights, layers), every label and target rank fits its classes, and every member of
+    the groups can explain it (one MetaCAMError line naming the member and the network,
+    never a wrong map)."""
+    bundle = load_bundle(spec)
+    job = validate(spec, bundle.categories)
+    job.targets.check_classes(len(bundle.categories))
+    for group, members in zip(job.groups.names, job.groups.members, strict=True):
+        check_members([resolve_member(m) for m in members], bundle,
+                      advice=f"leave it out of group {group} (or drop the group: '~groups.{group}')")
+    return job, bundle
 
 
 def write_manifest(job: Job, model: str, layer: str) -> Path:
@@ -134,12 +152,10 @@ def run_job(spec: JobSpec, *, emit: Callable[[str], None] | None = None) -> JobR
     emit: where the per-unit progress lines go (default: stdout).
     """
     started = time.perf_counter()
-    bundle = load_bundle(spec)
-    job = validate(spec, bundle.categories)
+    job, bundle = prepare(spec)
     experiments = experiments_of(job.groups, job.combo_id, spec.controls)
     report = JobReport(job.combo_id, len(experiments))
     model = model_key(spec.model)
-    job.targets.check_classes(len(bundle.categories))
     write_manifest(job, model, bundle.target_layer_name)
     ctx = JobContext(job, bundle, model, MemberCache(spec.cache_dir), Provenance.of(job, bundle, model),
                      report.timings)

@@ -140,7 +140,7 @@ def member_maps(ctx: JobContext, probe: Probe, names: list[str]) -> tuple[dict[s
     entries = [resolve_member(name) for name in names]
     keys = [
         [
-            EntryKey(ctx.model, bundle.target_layer_name, image_id, int(probe.targets[b]), m.name, size,
+            EntryKey(ctx.model, bundle.layer_key, image_id, int(probe.targets[b]), m.name, size,
                      _variant(job, m, image_id), m.fingerprint)
             for m in entries
         ]
@@ -149,7 +149,7 @@ def member_maps(ctx: JobContext, probe: Probe, names: list[str]) -> tuple[dict[s
 
     def compute(indices: list[int], members: list[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
         result = compute_members(
-            bundle.net, probe.x[indices], bundle.target_layer, probe.targets[indices], members,
+            bundle, probe.x[indices], probe.targets[indices], members,
             seed=job.spec.seed, image_ids=[probe.image_ids[i] for i in indices],
             options=job.spec.members, on_error="collect",
         )

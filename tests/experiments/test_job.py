@@ -238,6 +238,14 @@ def test_model_key_tells_weights_apart(tmp_path):
     assert model_key(ModelConfig(name="resnet18", pretrained=False, seed=1)) != model_key(
         ModelConfig(name="resnet18", pretrained=False, seed=2))
     assert model_key(ModelConfig()) == "efficientnet_lite0"
+    # a timm model by library or by prefix is one key; its constructor arguments and layers tell it apart
+    tiny = {"img_size": 32, "depth": 2}
+    by_library = model_key(ModelConfig(name="vit_tiny_patch16_224", library="timm", kwargs=tiny))
+    assert by_library == model_key(ModelConfig(name="timm/vit_tiny_patch16_224", kwargs=dict(tiny)))
+    assert by_library.startswith("timm/vit_tiny_patch16_224-kw") and by_library != model_key(
+        ModelConfig(name="vit_tiny_patch16_224", library="timm", kwargs={**tiny, "depth": 3}))
+    assert model_key(ModelConfig(name="resnet18", layer="layer3,layer4")) == "resnet18-layer3+layer4"
+    assert model_key(ModelConfig(name="resnet18", layer=["layer3", "layer4"])) == "resnet18-layer3+layer4"
 
 
 def test_validate_resolves_controls_from_the_registry():
