@@ -64,8 +64,9 @@ def _explain_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "explain",
         help="member CAMs, MetaCAM and ROAD scores for your model and images",
-        description="Explain a CNN's decisions on images with 12 member CAMs and their "
-        "MetaCAM ensemble, scored by ROAD, with k chosen per image by adaptive thresholding.",
+        description="Explain a classifier's decisions (a CNN or a vision transformer) on images "
+        "with member CAMs and their MetaCAM ensemble, scored by ROAD and the other metrics, "
+        "with k chosen per image by adaptive thresholding.",
         epilog=EXPLAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -73,11 +74,20 @@ def _explain_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model",
         default="efficientnet_lite0",
-        help="efficientnet_lite0 (default, offline), a torchvision name, or module:factory",
+        help="efficientnet_lite0 (default, offline), a torchvision name, timm/NAME (any timm "
+        "classifier; pretrained weights only from the local cache, else --checkpoint), or "
+        "module:factory",
     )
     parser.add_argument(
         "--layer",
-        help="target layer as a dotted path, e.g. layer4.1 (default: last post-activation map)",
+        help="target layer(s) as dotted paths, e.g. layer4.1, or several as a,b (their maps "
+        "combined as pytorch-grad-cam combines target layers; default: the model's, see "
+        "`metacam models layers NAME`)",
+    )
+    parser.add_argument(
+        "--reshape",
+        help="package.module:fn turning the layer's output into (B, C, h, w), or none "
+        "(default: a recognised transformer's own: ViT/DeiT tokens to a grid, Swin NHWC)",
     )
     parser.add_argument("--checkpoint", help="state-dict file for the model")
     parser.add_argument("--categories", help="text file with one class name per line")
@@ -184,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_explain(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from metacam.cams import MemberOptions, resolve_methods
+    from metacam.cams import MemberOptions, check_members, resolve_members, resolve_methods
     from metacam.device import resolve_device
     from metacam.evaluation.deletion import DeletionConfig
     from metacam.explain import (
@@ -224,10 +234,12 @@ def run_explain(args: argparse.Namespace) -> int:
         args.model,
         device,
         layer=args.layer,
+        reshape=args.reshape,
         checkpoint=args.checkpoint,
         categories=args.categories,
         num_classes=args.num_classes,
     )
+    check_members(resolve_members(methods), bundle)  # e.g. FullGrad on a network without conv biases: one line, now
     options = ExplainOptions(
         methods=methods,
         target=resolve_target(bundle, args.target),

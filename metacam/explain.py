@@ -136,7 +136,7 @@ def explain_image(
     x = bundle.preprocess([image.image])
     ids = [image.image_id]
     members = compute_members(
-        bundle.net, x, bundle.target_layer, options.target, options.methods,
+        bundle, x, options.target, options.methods,
         seed=options.seed, image_ids=ids, options=options.members, progress=progress,
     )
     target = int(members.targets[0])

@@ -174,3 +174,76 @@ def test_explain_target_by_name_explains_that_class(tmp_path, capsys):
     assert code == 0
     table = pd.read_csv(out / "scores.csv")
     assert table["target_class"].tolist() == [968] and table["target_name"].tolist() == ["cup"]
+
+
+# --- transformers, several layers ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deit_checkpoint(tmp_path_factory) -> Path:
+    """A DeiT-Tiny (distilled: two prefix tokens) with seeded random weights and 10 classes, saved
+    as the state dict a user would fine-tune: explain reads it with --checkpoint."""
+    import torch
+
+    from metacam.models import load_model
+
+    bundle = load_model("timm/deit_tiny_distilled_patch16_224", "cpu", pretrained=False, seed=3, num_classes=10)
+    path = tmp_path_factory.mktemp("deit") / "w.pth"
+    torch.save(bundle.net.state_dict(), path)
+    return path
+
+
+def test_explain_a_transformer_from_a_checkpoint_over_two_layers(tmp_path, capsys, deit_checkpoint):
+    """The README's transformer example, scaled down: the table's target_layer names both
+    layers, the saved map equals member_cams over the same model object, the target is the
+    checkpoint's top-1."""
+    import torch
+
+    from metacam.models import load_model
+
+    layers = "blocks.10.norm1,blocks.11.norm1"
+    out = tmp_path / "out"
+    code, _, stderr = run(capsys, "sample:coffee", "--model", "timm/deit_tiny_distilled_patch16_224",
+                          "--checkpoint", deit_checkpoint, "--num-classes", "10", "--layer", layers,
+                          "--methods", "gradcam,eigencam", "--k", "50", "--percentiles", "50",
+                          "--save-maps", "--out", out)
+    assert code == 0, stderr
+    table = pd.read_csv(out / "scores.csv")
+    assert set(table["target_layer"]) == {layers} and set(table["status"]) == {"ok"}
+    bundle = load_model("timm/deit_tiny_distilled_patch16_224", "cpu", checkpoint=deit_checkpoint,
+                        num_classes=10, layer=layers)
+    image = load_image("sample:coffee")
+    x = bundle.preprocess([image.image])
+    with torch.no_grad():
+        top1 = int(bundle.net(x).argmax())
+    assert set(table["target_class"]) == {top1}
+    expected = member_cams(bundle, x, methods=["gradcam"])["gradcam"][0]
+    maps = np.load(out / "maps" / f"{image.image_id}.npz")
+    assert np.abs(maps["gradcam"] - expected.numpy()).max() <= 1e-5
+    one_layer = member_cams(load_model("timm/deit_tiny_distilled_patch16_224", "cpu", checkpoint=deit_checkpoint,
+                                       num_classes=10), x, methods=["gradcam"])["gradcam"][0]
+    assert np.abs(maps["gradcam"] - one_layer.numpy()).max() > 1e-3  # two layers are not the last one alone
+
+
+DEIT = ["--model", "timm/deit_tiny_distilled_patch16_224", "--num-classes", "10", "--methods", "gradcam"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "timm/vit_tiny_patch16_2244"],
+         "unknown timm model 'vit_tiny_patch16_2244'; did you mean timm/vit_tiny_patch16_224"),
+        (["--model", "timm/vit_tiny_patch16_224"], "model timm/vit_tiny_patch16_224: its pretrained weights"),
+        ([*DEIT, "--checkpoint", "CHECKPOINT", "--reshape", "none"], "blocks.11.norm1"),
+        ([*DEIT, "--checkpoint", "CHECKPOINT", "--methods", "gradcam,fullgrad"],
+         "member fullgrad cannot explain timm/deit_tiny_distilled_patch16_224 (VisionTransformerDistilled)"),
+    ],
+)
+def test_a_transformer_that_cannot_be_explained_is_one_line(capsys, deit_checkpoint, args, message):
+    """An unknown timm name, pretrained weights not in the local cache, a token layer without
+    its reshape, a member that does not apply: each one line, exit 2, before any work."""
+    args = [str(deit_checkpoint) if a == "CHECKPOINT" else a for a in args]
+    code, _, stderr = run(capsys, "sample:coffee", *args)
+    assert code == 2, stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("metacam explain: error: ")
+    assert message in stderr
