@@ -55,9 +55,9 @@ import hashlib
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -65,6 +65,10 @@ from torch import Tensor, nn
 
 from metacam.config import PLAIN_K
 from metacam.errors import MetaCAMError
+
+if TYPE_CHECKING:
+    from metacam.evaluation.engine import Evaluator
+    from metacam.models import ModelBundle
 
 # MetaCAM's threshold in this test: the plain map (k = 100 keeps every pixel), so MetaCAM
 # is the normalised sum of the members, the plainest ensemble, with no tuned choice.
@@ -205,9 +209,8 @@ class ClassSensitivity:
 
 
 def method_maps(
-    net: nn.Module,
+    model: ModelBundle,
     x: Tensor,
-    target_layer: nn.Module,
     targets: Tensor,
     *,
     methods: Sequence[str] | None,
@@ -217,34 +220,33 @@ def method_maps(
     from metacam.cams import member_cams
     from metacam.ensemble import metacam_map
 
-    members = member_cams(net, x, target_layer, targets=targets, methods=methods)
+    members = member_cams(model, x, targets=targets, methods=methods)
     maps = {name: value.detach().float().cpu() for name, value in members.items()}
     maps[METACAM] = metacam_map(maps, k)
     return maps
 
 
 def class_sensitivity(
-    net: nn.Module,
+    model: ModelBundle,
     x: Tensor,
-    target_layer: nn.Module,
     *,
     methods: Sequence[str] | None = None,
     k: float = DEFAULT_K,
 ) -> ClassSensitivity:
     """Maps for each image's top-1 and top-2 classes and their Spearman correlation.
 
-    x: (B, C, H, W) normalised images on the net's device. ``net`` is not modified.
+    x: (B, C, H, W) normalised images on the net's device. ``model.net`` is not modified.
     """
     with torch.no_grad():
-        logits = net(x)
+        logits = model.net(x)
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise MetaCAMError(
             f"model output shape {tuple(logits.shape)}: the class-sensitivity check needs "
             f"(B, classes) logits with at least 2 classes"
         )
     top = logits.float().topk(2, dim=1).indices
-    top1_maps = method_maps(net, x, target_layer, top[:, 0], methods=methods, k=k)
-    top2_maps = method_maps(net, x, target_layer, top[:, 1], methods=methods, k=k)
+    top1_maps = method_maps(model, x, top[:, 0], methods=methods, k=k)
+    top2_maps = method_maps(model, x, top[:, 1], methods=methods, k=k)
     names = list(top1_maps)
     rho = np.array(
         [
@@ -256,9 +258,8 @@ def class_sensitivity(
 
 
 def cascading_randomization(
-    net: nn.Module,
+    model: ModelBundle,
     x: Tensor,
-    target_layer: nn.Module,
     targets: Tensor | None = None,
     *,
     methods: Sequence[str] | None = None,
@@ -267,23 +268,23 @@ def cascading_randomization(
     trained_maps: Mapping[str, Tensor] | None = None,
     progress: bool = False,
 ) -> Cascade:
-    """Every method's maps as the blocks of a deep copy of ``net`` are re-initialised in turn.
+    """Every method's maps as the blocks of a deep copy of ``model.net`` are re-initialised in turn
+    (the same target layers, by name, and the same reshape).
 
     x: (B, C, H, W) normalised images on the net's device; targets: (B,) classes
     explained at every step (default: the trained model's top-1). Block
     ``name`` is re-initialised from ``torch.Generator().manual_seed(block_seed(seed, name))``.
     trained_maps: the step-0 maps if already computed (name -> (B, H, W), as
-    :func:`method_maps` returns). ``net`` itself is never modified.
+    :func:`method_maps` returns). ``model.net`` itself is never modified.
     """
     from tqdm import tqdm
 
-    work = copy.deepcopy(net)
-    layer = _same_module(work, net, target_layer)
+    work = model.with_net(copy.deepcopy(model.net))
     if targets is None:
         with torch.no_grad():
-            targets = work(x).argmax(dim=1)
+            targets = work.net(x).argmax(dim=1)
     targets = torch.as_tensor(targets, device=x.device, dtype=torch.long)
-    steps: list[Block] = [("", []), *randomization_blocks(work)]
+    steps: list[Block] = [("", []), *randomization_blocks(work.net)]
     per_step: list[dict[str, Tensor]] = []
     for name, modules in tqdm(steps, desc="randomising", unit="step", disable=not progress):
         if modules:
@@ -291,21 +292,10 @@ def cascading_randomization(
         if not modules and trained_maps is not None:
             per_step.append({m: v.detach().float().cpu() for m, v in trained_maps.items()})
         else:
-            per_step.append(method_maps(work, x, layer, targets, methods=methods, k=k))
+            per_step.append(method_maps(work, x, targets, methods=methods, k=k))
     names = list(per_step[0])
     maps = torch.stack([torch.stack([step[m] for m in names]) for step in per_step])
     return Cascade([name for name, _ in steps], names, maps, targets.cpu())
-
-
-def _same_module(copied: nn.Module, original: nn.Module, module: nn.Module) -> nn.Module:
-    """``module`` of ``original`` -> the module at the same path in its deep copy."""
-    for name, candidate in original.named_modules():
-        if candidate is module:
-            return copied.get_submodule(name)
-    raise MetaCAMError(
-        f"target layer {type(module).__name__}: not a module of the network; "
-        f"pass a layer of the same model"
-    )
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -380,20 +370,64 @@ class SanityReport:
     classes: ClassSensitivity
     rows: list[dict[str, Any]]
     class_rows: list[dict[str, Any]]
+    faithfulness_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def faithfulness(
+    model: ModelBundle,
+    x: Tensor,
+    image_ids: Sequence[str],
+    cascade: Cascade,
+    evaluator: Evaluator,
+    *,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The trained model's maps and the fully randomised model's, scored by the evaluation
+    engine against the *trained* model (its plain maps, k = 100): a map that depends on
+    the model should lose faithfulness once the model that made it is random.
+
+    Rows: image_id, method, step (0 or the last), randomized, and the engine's columns
+    (``road_combined``, ``deletion_auc``, ``sparseness``, ...) of the plain map.
+    """
+    from metacam.evaluation.roadscore import Probe
+
+    probe = Probe.of(model.net, x, cascade.targets.to(x.device), image_ids=image_ids, seed=seed)
+    last = len(cascade.randomized) - 1
+    rows: list[dict[str, Any]] = []
+    for step in (0, last):
+        maps = {name: cascade.maps[step, i].to(x.device) for i, name in enumerate(cascade.methods)}
+        result = evaluator.evaluate(probe, maps)
+        for name in cascade.methods:
+            for b, image_id in enumerate(image_ids):
+                (plain,) = [row for row in result[name].rows(b) if row["k"] == PLAIN_K]
+                scores = {c: plain.get(c) for c in result.columns}
+                rows.append({"image_id": image_id, "method": name, "step": step,
+                             "randomized": cascade.randomized[step], **scores})
+    return rows
+
+
+def sanity_evaluator() -> Evaluator:
+    """The engine's settings for :func:`faithfulness`: the plain map only (k = 100; no
+    threshold is chosen, so no held-out draw is needed), every built-in metric."""
+    from metacam.config import HeldoutConfig
+    from metacam.evaluation.engine import Evaluator
+
+    return Evaluator.of(ks=(PLAIN_K,), heldout=HeldoutConfig(enabled=False))
 
 
 def sanity_check(
-    net: nn.Module,
+    model: ModelBundle,
     x: Tensor,
-    target_layer: nn.Module,
     image_ids: Sequence[str],
     *,
     methods: Sequence[str] | None = None,
     k: float = DEFAULT_K,
     seed: int = 0,
     progress: bool = False,
+    evaluator: Evaluator | None = None,
 ) -> SanityReport:
-    """Class sensitivity, then the cascading randomisation, on deep copies of ``net``.
+    """Class sensitivity, then the cascading randomisation, on deep copies of ``model.net``;
+    with ``evaluator`` (e.g. :func:`sanity_evaluator`), also :func:`faithfulness`.
 
     x: (B, C, H, W) normalised images on the net's device; image_ids: B names.
     k: MetaCAM's threshold, in (0, 100].
@@ -403,13 +437,11 @@ def sanity_check(
     (k,) = check_ks(k)
     if len(image_ids) != len(x):
         raise MetaCAMError(f"image_ids: {len(image_ids)} ids for {len(x)} images")
-    trained = copy.deepcopy(net)
-    layer = _same_module(trained, net, target_layer)
-    classes = class_sensitivity(trained, x, layer, methods=methods, k=k)
+    trained = model.with_net(copy.deepcopy(model.net))
+    classes = class_sensitivity(trained, x, methods=methods, k=k)
     cascade = cascading_randomization(
         trained,
         x,
-        layer,
         classes.top1.to(x.device),
         methods=methods,
         k=k,
@@ -417,12 +449,14 @@ def sanity_check(
         trained_maps=classes.top1_maps,
         progress=progress,
     )
+    scored = faithfulness(trained, x, image_ids, cascade, evaluator, seed=seed) if evaluator is not None else []
     return SanityReport(
         list(image_ids),
         cascade,
         classes,
         sanity_rows(image_ids, cascade),
         class_rows(image_ids, classes),
+        scored,
     )
 
 
@@ -609,6 +643,21 @@ def _plot_curves(ax_rho, ax_ssim, curves, labels, ax_legend) -> None:
     ax_legend.legend(handles, names, loc="center left", fontsize=7, frameon=False)
 
 
+def format_faithfulness(report: SanityReport) -> str:
+    """Per method, the mean plain ROAD (on the trained model) of the trained map and of the
+    fully randomised model's map: a map that passes should lose most of its ROAD."""
+    import pandas as pd
+
+    frame = pd.DataFrame(report.faithfulness_rows)
+    means = frame.pivot_table(index="method", columns="step", values="road_combined", sort=False)
+    first, last = means.columns.min(), means.columns.max()
+    lines = ["", "ROAD of the plain map on the trained model (mean over images):",
+             f"{'method':<20} {'trained map':>12} {'random-model map':>17} {'drop':>8}"]
+    for method, row in means.iterrows():
+        lines.append(f"{method:<20} {row[first]:12.3f} {row[last]:17.3f} {row[first] - row[last]:8.3f}")
+    return "\n".join(lines)
+
+
 def write_report(
     report: SanityReport,
     out: Path,
@@ -635,6 +684,10 @@ def write_report(
             lambda path: classes.to_csv(path, index=False, na_rep="nan"),
         ),
     ]
+    if report.faithfulness_rows:
+        scored = pd.DataFrame(report.faithfulness_rows)
+        written.append(write_atomically(out / "faithfulness.csv",
+                                        lambda path: scored.to_csv(path, index=False, na_rep="nan")))
     if displays is not None:
         for index, image_id in enumerate(report.image_ids):
             title = (
@@ -662,13 +715,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "class sensitivity of each map.",
         epilog="outputs in --out: sanity.csv (image_id, method, step, randomized, spearman, "
         "ssim), class_sensitivity.csv (image_id, method, top1, top2, spearman), "
-        "<image_id>.png per image and sanity_curves.png",
+        "faithfulness.csv (image_id, method, step, randomized and the evaluation engine's "
+        "scores of the trained and the fully randomised model's plain maps on the trained "
+        "model), <image_id>.png per image and sanity_curves.png",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="files, folders, sample:NAME")
     parser.add_argument(
-        "--model", default="efficientnet_lite0", help="model name (default efficientnet_lite0)"
+        "--model", default="efficientnet_lite0",
+        help="model name as for explain: efficientnet_lite0 (default), a torchvision name, timm/NAME, module:factory",
     )
-    parser.add_argument("--layer", help="target layer (default: last post-activation map)")
+    parser.add_argument("--checkpoint", help="state-dict file for the model")
+    parser.add_argument("--layer", help="target layer(s), several as a,b (default: the model's)")
+    parser.add_argument(
+        "--reshape", help="package.module:fn turning the layer's output into (B, C, h, w), or none "
+        "(default: a recognised transformer's own)"
+    )
     parser.add_argument(
         "--methods", help="comma-separated member names (default: all 12 built-in members)"
     )
@@ -681,6 +742,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the re-initialisation (default 0)"
+    )
+    parser.add_argument(
+        "--no-scores", action="store_true",
+        help="skip faithfulness.csv (the trained and the fully randomised maps scored by the "
+        "evaluation engine on the trained model)",
     )
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N"
@@ -712,7 +778,11 @@ def run(args: argparse.Namespace) -> int:
         if not methods:
             raise MetaCAMError(f"--methods {args.methods!r}: name at least one member")
     device = resolve_device(args.device)
-    bundle = load_model(args.model, device, layer=args.layer)
+    bundle = load_model(args.model, device, layer=args.layer, reshape=args.reshape, checkpoint=args.checkpoint)
+    if methods is not None:
+        from metacam.cams import check_members, resolve_members
+
+        check_members(resolve_members(methods), bundle)  # before any work: one line
     images, problems = load_images(args.images)
     for problem in problems:
         print(f"metacam sanity: skipped {problem.source}: {problem.reason}", file=sys.stderr)
@@ -720,19 +790,22 @@ def run(args: argparse.Namespace) -> int:
         raise MetaCAMError("no image could be read; check the paths above")
     x = bundle.preprocess(images)
     report = sanity_check(
-        bundle.net,
+        bundle,
         x,
-        bundle.target_layer,
         [image.image_id for image in images],
         methods=methods,
         k=k,
         seed=args.seed,
         progress=True,
+        evaluator=None if args.no_scores else sanity_evaluator(),
     )
     displays = [bundle.to_display(image)[0].permute(1, 2, 0).numpy() for image in images]
     print(format_summary(report, bundle.name))
+    if report.faithfulness_rows:
+        print(format_faithfulness(report))
     write_report(report, Path(args.out), displays, model=bundle.name)
+    scored = "faithfulness.csv, " if report.faithfulness_rows else ""
     print(
-        f"sanity.csv, class_sensitivity.csv and {len(images) + 1} figure(s) written to {args.out}/"
+        f"sanity.csv, class_sensitivity.csv, {scored}{len(images) + 1} figure(s) written to {args.out}/"
     )
     return 1 if problems else 0

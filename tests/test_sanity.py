@@ -17,7 +17,7 @@ from torch import nn
 
 from metacam.cams import member_cams
 from metacam.errors import MetaCAMError
-from metacam.models import load_model
+from metacam.models import ModelBundle, load_model
 from metacam.sanity import (
     CLASS_AGNOSTIC_RHO,
     CLASS_COLUMNS,
@@ -31,6 +31,7 @@ from metacam.sanity import (
     reinitialize,
     run,
     sanity_check,
+    sanity_evaluator,
     spearman,
     ssim,
     summary_table,
@@ -102,7 +103,7 @@ def tiny(tiny_file: Path):
 @pytest.fixture(scope="module")
 def report(tiny) -> SanityReport:
     bundle, x = tiny
-    return sanity_check(bundle.net, x, bundle.target_layer, ["img-a", "img-b"], seed=0)
+    return sanity_check(bundle, x, ["img-a", "img-b"], seed=0)
 
 
 # --- blocks and re-initialisation ------------------------------------------------------
@@ -219,7 +220,7 @@ def test_the_original_network_is_never_modified(tiny_file: Path) -> None:
     bundle = load_model(f"{tiny_file}:build", "cpu", seed=0, layer="relu2", input_size=(32, 32))
     before = {k: v.clone() for k, v in bundle.net.state_dict().items()}
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    sanity_check(bundle.net, x, bundle.target_layer, ["one"], methods=["gradcam"])
+    sanity_check(bundle, x, ["one"], methods=["gradcam"])
     after = bundle.net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not bundle.net.training
@@ -244,10 +245,10 @@ def test_randomising_the_last_block_changes_the_gradient_maps(report: SanityRepo
 def test_the_randomisation_is_seeded(tiny, report: SanityReport) -> None:
     bundle, x = tiny
     rng_before = torch.get_rng_state()
-    again = sanity_check(bundle.net, x, bundle.target_layer, ["img-a", "img-b"], seed=0)
+    again = sanity_check(bundle, x, ["img-a", "img-b"], seed=0)
     assert torch.equal(torch.get_rng_state(), rng_before)  # global RNG untouched
     assert torch.equal(again.cascade.maps, report.cascade.maps)
-    other = sanity_check(bundle.net, x, bundle.target_layer, ["img-a", "img-b"], seed=1)
+    other = sanity_check(bundle, x, ["img-a", "img-b"], seed=1)
     assert torch.equal(other.cascade.maps[:1], report.cascade.maps[:1])  # same trained model
     assert not torch.equal(other.cascade.maps[-1], report.cascade.maps[-1])
 
@@ -349,7 +350,12 @@ def test_run_writes_tables_and_figures(tiny_file: Path, tmp_path: Path, capsys) 
     assert "cascading randomisation of" in captured.out and "class-insensitive" in captured.out
     names = {p.name for p in out.iterdir()}
     image_id = pd.read_csv(out / "sanity.csv").image_id.iloc[0]
-    assert names == {"sanity.csv", "class_sensitivity.csv", f"{image_id}.png", "sanity_curves.png"}
+    assert names == {"sanity.csv", "class_sensitivity.csv", "faithfulness.csv", f"{image_id}.png",
+                     "sanity_curves.png"}
+    assert "ROAD of the plain map on the trained model" in captured.out
+    scored = pd.read_csv(out / "faithfulness.csv")
+    assert set(scored["step"]) == {0, len(pd.read_csv(out / "sanity.csv").step.unique()) - 1}
+    assert scored[["road_combined", "deletion_auc", "insertion_auc", "sparseness", "complexity"]].notna().all().all()
     assert image_id.startswith("coffee-")
     assert (out / f"{image_id}.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -382,14 +388,27 @@ def test_no_readable_image_is_one_line(tiny_file: Path, tmp_path: Path) -> None:
 def test_bad_arguments_to_the_functions(tiny) -> None:
     bundle, x = tiny
     with pytest.raises(MetaCAMError, match="^image_ids: 1 ids for 2 images$"):
-        sanity_check(bundle.net, x, bundle.target_layer, ["only-one"], methods=["gradcam"])
-    with pytest.raises(MetaCAMError, match="target layer Conv2d: not a module of the network"):
-        sanity_check(bundle.net, x, nn.Conv2d(1, 1, 1), ["a", "b"], methods=["gradcam"])
+        sanity_check(bundle, x, ["only-one"], methods=["gradcam"])
     single = nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1)
     ).eval()
     with pytest.raises(MetaCAMError, match="needs \\(B, classes\\) logits with at least 2 classes"):
-        sanity_check(single, x, single[1], ["a", "b"], methods=["gradcam"])
+        sanity_check(ModelBundle.from_net(single, "1", input_size=(32, 32)), x, ["a", "b"], methods=["gradcam"])
+
+
+def test_the_model_object_carries_several_target_layers_into_every_step(tiny_file: Path) -> None:
+    """Two target layers: step 0 is members over both layers (as member_cams computes them),
+    and every randomised copy keeps both layers by name, so its maps differ from one layer's."""
+
+    both = load_model(f"{tiny_file}:build", "cpu", seed=0, layer="relu1,relu2", input_size=(32, 32))
+    one = load_model(f"{tiny_file}:build", "cpu", seed=0, layer="relu2", input_size=(32, 32))
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    report = sanity_check(both, x, ["two"], methods=["gradcam"], seed=0)
+    expected = member_cams(both, x, targets=report.cascade.targets, methods=["gradcam"])["gradcam"]
+    assert torch.allclose(report.cascade.maps[0, 0], expected.float(), atol=1e-6)
+    single = sanity_check(one, x, ["two"], methods=["gradcam"], seed=0)
+    assert single.cascade.randomized == report.cascade.randomized
+    assert not torch.allclose(single.cascade.maps[-1, 0], report.cascade.maps[-1, 0], atol=1e-3)
 
 
 @pytest.mark.slow
@@ -400,9 +419,7 @@ def test_cascade_over_an_efficientnet_follows_its_blocks() -> None:
         "efficientnet_lite0", "cpu", pretrained=False, seed=0, num_classes=10, input_size=(64, 64)
     )
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    report = sanity_check(
-        bundle.net, x, bundle.target_layer, ["noise"], methods=["gradcam", "eigencam"]
-    )
+    report = sanity_check(bundle, x, ["noise"], methods=["gradcam", "eigencam"])
     assert report.cascade.randomized == [
         "",
         *(name for name, _ in randomization_blocks(bundle.net)),
@@ -428,3 +445,25 @@ def test_undefined_correlations_are_written_as_nan(report: SanityReport, tmp_pat
     frame = pd.read_csv(tmp_path / "sanity.csv", keep_default_na=False, na_values=["nan"])
     assert math.isnan(frame.spearman[7]) and frame.spearman.notna().sum() == len(rows) - 1
     assert frame.randomized[0] == ""
+
+
+def test_faithfulness_scores_both_ends_of_the_cascade_on_the_trained_model(tiny) -> None:
+    """The engine's scores of the trained and the fully randomised maps: sparseness is the
+    Gini of each map (by hand), AUCs and ROAD in range, Grad-CAM's two ends score apart."""
+    bundle, x = tiny
+    report = sanity_check(bundle, x, ["img-a", "img-b"], methods=["gradcam", "randomcam"], seed=0,
+                          evaluator=sanity_evaluator())
+    frame = pd.DataFrame(report.faithfulness_rows)
+    last = len(report.cascade.randomized) - 1
+    assert sorted(frame["step"].unique()) == [0, last] and len(frame) == 2 * 3 * 2  # steps x methods x images
+    for row in frame.itertuples():
+        i = report.cascade.methods.index(row.method)
+        b = ["img-a", "img-b"].index(row.image_id)
+        a = np.sort(report.cascade.maps[row.step, i, b].double().numpy().ravel()) + 1e-7
+        n = a.size
+        gini = float(np.sum((2 * np.arange(1, n + 1) - n - 1) * a) / (n * a.sum()))
+        assert row.sparseness == pytest.approx(gini, abs=1e-5), (row.method, row.step)
+    assert frame[["deletion_auc", "insertion_auc"]].stack().between(0, 1).all()
+    assert frame["road_combined"].between(-1, 1).all()
+    gradcam = frame[frame.method == "gradcam"].set_index(["image_id", "step"])
+    assert (gradcam.xs(0, level="step")["road_combined"] != gradcam.xs(last, level="step")["road_combined"]).all()
