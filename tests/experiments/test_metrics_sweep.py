@@ -2,6 +2,7 @@
 the dataset's metrics list, and plug-ins that fail on the data."""
 
 import hashlib
+from dataclasses import replace
 import textwrap
 
 import numpy as np
@@ -148,3 +149,31 @@ def test_the_metrics_define_the_study():
     with composed([*TWO_GROUPS, "metrics=[tests.metric_plugins:mean_relevance]"]) as cfg:
         assert job_spec(cfg).sweep_id != plain  # other columns: another dataset
     assert resolve_metrics(["tests.metric_plugins:mean_relevance"])[-1].name == "tests.metric_plugins:mean_relevance"
+
+
+def test_a_plugin_metric_from_a_real_sweep_is_analysed_in_its_own_direction(tmp_path, capsys):
+    """End to end: a plug-in metric's column, written by a real sweep (two groups, all four
+    combinations, two images), is read from the dataset's metrics list by `metacam analyze`:
+    a headline row of its own, experiments ranked by its per-image means in its direction
+    (lower is better for top_decile_drop, a model metric), the plug-in named with its source in the report."""
+    from metacam.analysis.cli import main as analyze_main
+
+    name = "tests.metric_plugins:top_decile_drop"
+    with composed([*TWO_GROUPS, "data.images=[sample:coffee,sample:rocket]", f"metrics=[{name}]",
+                   f"out_dir={tmp_path}"]) as cfg:
+        base = job_spec(cfg)
+    for combo in range(4):
+        run_job(replace(base, combo_id=combo))
+    assert analyze_main([base.results_dir, "--out", str(tmp_path / "out"), "--metric", "top_decile_drop",
+                         "--bootstrap", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "score: adaptive top_decile_drop (at each unit's k*), lower is better" in out
+    headline = pd.read_csv(tmp_path / "out" / "headline.csv")
+    assert headline["metric"].iloc[0] == "top_decile_drop" and "combined" in set(headline["metric"])
+    frame = frame_of(base)
+    best = frame[(frame["kind"] == "metacam") & frame["is_best_k"]]
+    means = best.groupby("combo_id")["top_decile_drop"].mean()
+    experiments = pd.read_csv(tmp_path / "out" / "experiments.csv")
+    metacam_rows = experiments[experiments["combo_id"].notna()]
+    assert int(metacam_rows["combo_id"].iloc[0]) == means.idxmin()
+    assert f"plug-in {name}" in (tmp_path / "out" / "report.md").read_text()
