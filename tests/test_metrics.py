@@ -90,8 +90,8 @@ def real_like_maps() -> torch.Tensor:
 
 
 def test_sparseness_and_complexity_equal_quantus():
-    quantus = pytest.importorskip("quantus", reason="Quantus is not installed (its requirement opencv-python "
-                                                    "would replace grad-cam's opencv-python-headless)")
+    quantus = pytest.importorskip("quantus", reason="Quantus is not installed: `make` installs it with --no-deps "
+                                                    "(its opencv-python would replace grad-cam's headless one)")
     maps = real_like_maps()
     a = maps[:, None].double().numpy()  # Quantus's (N, 1, H, W) attributions, the same values
     x = torch.rand(len(maps), 3, 32, 32, generator=torch.Generator().manual_seed(6)).numpy()
