@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
+from metacam.evaluation.registry import resolve_metrics
 from metacam.groups import GroupSet, default_groups
 from metacam.schema import CONTROL_METHODS, results_schema
 from metacam.status import study_status
@@ -64,7 +65,8 @@ def test_two_group_sweep_through_hydras_submitit_slurm_launcher(slurm_cluster, t
     assert "Analyse it with:" in result.stdout
     (results,) = [p / "results" for p in (out / "sweeps").iterdir()]
     table = ds.dataset(results, format="parquet").to_table()
-    assert table.schema.equals(results_schema(["gradcam", "eigen"]), check_metadata=False)
+    builtin = [entry for metric in resolve_metrics() for entry in metric.entries()]  # with sparseness, complexity
+    assert table.schema.equals(results_schema(["gradcam", "eigen"], metrics=builtin), check_metadata=False)
     frame = table.to_pandas()
     assert (frame["status"] == "ok").all()
     model_dir = next(p.name for p in results.iterdir() if not p.name.startswith("_"))
