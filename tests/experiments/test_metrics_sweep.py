@@ -2,8 +2,8 @@
 the dataset's metrics list, and plug-ins that fail on the data."""
 
 import hashlib
-from dataclasses import replace
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd

@@ -115,3 +115,18 @@ def test_a_member_that_cannot_explain_the_network_is_one_line_before_any_work(tm
     # the default groups hold FullGrad: the advice given works
     plan = plan_sweep([*(o for o in VIT_TWO_GROUPS if not o.startswith("groups=")), "~groups.fullgrad"])
     assert plan.variants[0].groups.keys() == {"gradcam", "gradcampp", "perturbation", "eigen", "random"}
+
+
+README_VIT = ("metacam sweep model=timm model.pretrained=false model.num_classes=10 groups=two_groups \\\n"
+              "    '++model.kwargs={img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}'")
+
+
+def test_the_readme_vit_sweep_is_the_one_tested_here(tmp_path):
+    """The README's offline ViT command plans the tiny ViT these tests sweep (all 4 combinations)."""
+    import shlex
+    from pathlib import Path
+
+    assert README_VIT in (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    plan = plan_sweep([*shlex.split(README_VIT.replace("\\\n", ""))[2:], f"out_dir={tmp_path}"])
+    tested = plan_sweep([*VIT_TWO_GROUPS, f"out_dir={tmp_path}"])
+    assert plan.combos == [0, 1, 2, 3] and plan.variants[0].model == tested.variants[0].model
