@@ -147,6 +147,23 @@ class ModelConfig:
         return self.name
 
 
+def layer_entries(layers: Any) -> list[Any]:
+    """A target-layer setting as a flat list: ``"a,b"``, ``["a", "b"]`` and ``["a,b"]`` all
+    give ``["a", "b"]`` (names stripped, empty parts dropped); other entries (modules) pass
+    through; None gives ``[]``. The one reading of ``--layer``, ``model.layer`` and ``layer=``."""
+    if layers is None:
+        return []
+    if isinstance(layers, str) or not isinstance(layers, Sequence):
+        layers = [layers]
+    entries: list[Any] = []
+    for entry in layers:
+        if isinstance(entry, str):
+            entries += [part for part in (p.strip() for p in entry.split(",")) if part]
+        else:
+            entries.append(entry)
+    return entries
+
+
 LAYOUTS = ("files", "imagefolder", "imagenet_val")
 """How an image set is laid out on disk (``DataConfig.layout``; see metacam.datasets)."""
 
@@ -198,5 +215,6 @@ __all__ = [
     "RoadConfig",
     "ThresholdConfig",
     "check_ks",
+    "layer_entries",
     "check_percentiles",
 ]

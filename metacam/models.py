@@ -42,6 +42,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from metacam.config import layer_entries
 from metacam.device import resolve_device
 from metacam.errors import MetaCAMError
 from metacam.images import ImageLike, to_tensor
@@ -454,14 +455,7 @@ def _layer_names(net: nn.Module, layers: LayerSpec, model_name: str) -> tuple[st
     """Canonical names of the given target layers (modules of ``net`` or dotted paths)."""
     if layers is None:
         return ()
-    if isinstance(layers, (str, nn.Module)):
-        layers = [layers]
-    entries: list[str | nn.Module] = []
-    for entry in layers:
-        if isinstance(entry, str):
-            entries += [part for part in (p.strip() for p in entry.split(",")) if part]
-        else:
-            entries.append(entry)
+    entries = layer_entries(layers)
     if not entries:
         raise MetaCAMError(f"model {model_name}: the layer list is empty; name at least one layer")
     module_names = {id(m): n for n, m in reversed(list(net.named_modules())) if n}

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from metacam.config import ModelConfig
+from metacam.config import ModelConfig, layer_entries
 from metacam.datasets import image_set
 from metacam.evaluation.registry import resolve_metrics
 from metacam.groups import GroupSet
@@ -105,9 +105,9 @@ def model_key(model: ModelConfig) -> str:
         key += "-kw" + hashlib.sha1(text.encode()).hexdigest()[:8]
     if model.input_size:
         key += "-{}x{}".format(*model.input_size)
-    if model.layer:
-        layers = model.layer.split(",") if isinstance(model.layer, str) else model.layer
-        key += "-" + "+".join(str(layer).strip() for layer in layers)
+    layers = layer_entries(model.layer)
+    if layers:
+        key += "-" + "+".join(map(str, layers))
     return key
 
 

@@ -246,6 +246,7 @@ def test_model_key_tells_weights_apart(tmp_path):
         ModelConfig(name="vit_tiny_patch16_224", library="timm", kwargs={**tiny, "depth": 3}))
     assert model_key(ModelConfig(name="resnet18", layer="layer3,layer4")) == "resnet18-layer3+layer4"
     assert model_key(ModelConfig(name="resnet18", layer=["layer3", "layer4"])) == "resnet18-layer3+layer4"
+    assert model_key(ModelConfig(name="resnet18", layer=["layer3, layer4"])) == "resnet18-layer3+layer4"  # as load_model reads it
 
 
 def test_validate_resolves_controls_from_the_registry():
