@@ -779,10 +779,9 @@ def run(args: argparse.Namespace) -> int:
             raise MetaCAMError(f"--methods {args.methods!r}: name at least one member")
     device = resolve_device(args.device)
     bundle = load_model(args.model, device, layer=args.layer, reshape=args.reshape, checkpoint=args.checkpoint)
-    if methods is not None:
-        from metacam.cams import check_members, resolve_members
+    from metacam.cams import check_members, resolve_members
 
-        check_members(resolve_members(methods), bundle)  # before any work: one line
+    check_members(resolve_members(methods), bundle)  # the default 12 too (FullGrad on a ViT): one line, now
     images, problems = load_images(args.images)
     for problem in problems:
         print(f"metacam sanity: skipped {problem.source}: {problem.reason}", file=sys.stderr)

@@ -369,6 +369,8 @@ def test_run_writes_tables_and_figures(tiny_file: Path, tmp_path: Path, capsys) 
         (["--methods", "gradcam,nope"], "nope"),
         (["--device", "gpu"], "--device gpu: not a device"),
         (["--layer", "nolayer"], "layer 'nolayer' not found"),
+        (["--checkpoint", "/no/such/net.pt"], "checkpoint /no/such/net.pt: no such file"),
+        (["--reshape", "nosuchpkg.mod:fn"], "reshape nosuchpkg.mod:fn: cannot import nosuchpkg.mod"),
     ],
 )
 def test_bad_options_are_one_line(argv: list[str], message: str, tiny_file: Path, tmp_path: Path):
